@@ -1,0 +1,313 @@
+// CUDA kernels of the per-slice measures. One block reduces one part of one row: each thread
+// keeps an online state (running max `scale`, sums of (|x| / scale)^q), loads kUnroll elements at
+// a time (independent loads keep many bytes in flight), rescales only when a tile raises its max,
+// and the block merges the thread states with warp shuffles.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/kernels/measures.cuh"
+
+namespace lqk::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 8;
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+
+__device__ __forceinline__ float fast_log2(float r) { return __log2f(r); }
+__device__ __forceinline__ double fast_log2(double r) { return log2(r); }
+__device__ __forceinline__ float fast_exp2(float y) { return exp2f(y); }
+__device__ __forceinline__ double fast_exp2(double y) { return exp2(y); }
+
+template <typename acc_t>
+struct Exponents {
+  int count;
+  acc_t value[kMaxExponents];
+  int kind[kMaxExponents];
+};
+
+template <typename acc_t>
+struct State {
+  acc_t scale;
+  acc_t sums[kMaxExponents];
+  long long count;
+  bool nan;
+
+  __device__ void raise_scale(acc_t new_scale, const Exponents<acc_t>& qs) {
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j)
+      if (j < qs.count) sums[j] *= rescale_factor(scale, new_scale, qs.value[j]);
+    scale = new_scale;
+  }
+
+  __device__ void merge(acc_t other_scale, const acc_t* other_sums, long long other_count,
+                        bool other_nan, const Exponents<acc_t>& qs) {
+    const acc_t s = scale > other_scale ? scale : other_scale;
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j)
+      if (j < qs.count)
+        sums[j] = sums[j] * rescale_factor(scale, s, qs.value[j]) +
+                  other_sums[j] * rescale_factor(other_scale, s, qs.value[j]);
+    scale = s;
+    count += other_count;
+    nan = nan || other_nan;
+  }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t power_term(acc_t r, acc_t log2r, acc_t q, int kind) {
+  switch (kind) {
+    case kOne: return r;
+    case kTwo: return r * r;
+    case kHalf: return sqrt(r);
+    default: return r > acc_t(0) ? fast_exp2(q * log2r) : acc_t(0);
+  }
+}
+
+template <typename acc_t>
+__device__ void block_merge(State<acc_t>& st, const Exponents<acc_t>& qs) {
+  __shared__ acc_t sh_scale[kThreads / 32];
+  __shared__ acc_t sh_sums[kThreads / 32][kMaxExponents];
+  __shared__ long long sh_count[kThreads / 32];
+  __shared__ bool sh_nan[kThreads / 32];
+  auto warp_merge = [&] {
+    for (int offset = 16; offset > 0; offset /= 2) {
+      acc_t other_sums[kMaxExponents];
+#pragma unroll
+      for (int j = 0; j < kMaxExponents; ++j)
+        other_sums[j] = __shfl_down_sync(0xffffffffu, st.sums[j], offset);
+      const acc_t other_scale = __shfl_down_sync(0xffffffffu, st.scale, offset);
+      const long long other_count = __shfl_down_sync(0xffffffffu, st.count, offset);
+      const bool other_nan = __shfl_down_sync(0xffffffffu, static_cast<int>(st.nan), offset);
+      st.merge(other_scale, other_sums, other_count, other_nan, qs);
+    }
+  };
+  warp_merge();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sh_scale[warp] = st.scale;
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j) sh_sums[warp][j] = st.sums[j];
+    sh_count[warp] = st.count;
+    sh_nan[warp] = st.nan;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const bool live = lane < kThreads / 32;
+    st.scale = live ? sh_scale[lane] : acc_t(0);
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j) st.sums[j] = live ? sh_sums[lane][j] : acc_t(0);
+    st.count = live ? sh_count[lane] : 0;
+    st.nan = live ? sh_nan[lane] : false;
+    warp_merge();
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+row_powsum_kernel(const scalar_t* __restrict__ x, const bool* __restrict__ mask, int64_t rows,
+                  int64_t n, Exponents<acc_t> qs, int splits, acc_t* __restrict__ out_sums,
+                  acc_t* __restrict__ out_scale, int64_t* __restrict__ out_count) {
+  const int64_t task = blockIdx.x;
+  const int64_t row = task / splits, part = task % splits;
+  const int64_t span = (n + splits - 1) / splits;
+  const int64_t begin = min(n, part * span), end = min(n, begin + span);
+  const scalar_t* xr = x + row * n;
+  const bool* mr = mask ? mask + row * n : nullptr;
+
+  State<acc_t> st;
+  st.scale = 0;
+#pragma unroll
+  for (int j = 0; j < kMaxExponents; ++j) st.sums[j] = 0;
+  st.count = 0;
+  st.nan = false;
+
+  for (int64_t base = begin; base < end; base += int64_t(kThreads) * kUnroll) {
+    acc_t a[kUnroll];
+    acc_t tile_max = 0;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + threadIdx.x + int64_t(u) * kThreads;
+      const bool keep = i < end && (!mr || mr[i]);
+      a[u] = keep ? fabs(to_acc(xr[i])) : acc_t(0);
+      st.count += keep;
+      st.nan = st.nan || a[u] != a[u];
+      tile_max = a[u] > tile_max ? a[u] : tile_max;
+    }
+    if (tile_max > st.scale) st.raise_scale(tile_max, qs);
+    if (st.scale == acc_t(0)) continue;
+    const bool inf_scale = isinf(st.scale);
+    const acc_t inv = acc_t(1) / st.scale;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const acc_t r = inf_scale ? acc_t(isinf(a[u]) ? 1 : 0) : a[u] * inv;
+      const acc_t log2r = fast_log2(r);  // unused (and dead-code eliminated) for special exponents
+#pragma unroll
+      for (int j = 0; j < kMaxExponents; ++j)
+        if (j < qs.count) st.sums[j] += power_term(r, log2r, qs.value[j], qs.kind[j]);
+    }
+  }
+  block_merge(st, qs);
+  if (threadIdx.x == 0) {
+    const acc_t nan = acc_t(0) / acc_t(0);
+    const int64_t out = row * splits + part, stride = rows * splits;
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j)
+      if (j < qs.count) out_sums[j * stride + out] = st.nan ? nan : st.sums[j];
+    out_scale[out] = st.nan ? nan : st.scale;
+    out_count[out] = st.count;
+  }
+}
+
+// One thread per row merges the row's `splits` partial states.
+template <typename acc_t>
+__global__ void merge_parts_kernel(int64_t rows, Exponents<acc_t> qs, int splits,
+                                   const acc_t* __restrict__ part_sums,
+                                   const acc_t* __restrict__ part_scale,
+                                   const int64_t* __restrict__ part_count, acc_t* __restrict__ sums,
+                                   acc_t* __restrict__ scale, int64_t* __restrict__ count) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (row >= rows) return;
+  const int64_t stride = rows * splits;
+  State<acc_t> st;
+  st.scale = 0;
+  st.count = 0;
+  st.nan = false;
+#pragma unroll
+  for (int j = 0; j < kMaxExponents; ++j) st.sums[j] = 0;
+  for (int p = 0; p < splits; ++p) {
+    const int64_t i = row * splits + p;
+    acc_t other[kMaxExponents];
+#pragma unroll
+    for (int j = 0; j < kMaxExponents; ++j) other[j] = j < qs.count ? part_sums[j * stride + i] : 0;
+    const acc_t s = part_scale[i];
+    st.merge(s, other, part_count[i], s != s, qs);
+  }
+  const acc_t nan = acc_t(0) / acc_t(0);
+  for (int j = 0; j < qs.count; ++j) sums[j * rows + row] = st.nan ? nan : st.sums[j];
+  scale[row] = st.nan ? nan : st.scale;
+  count[row] = st.count;
+}
+
+template <typename scalar_t>
+cudaError_t launch_row_powsum(const void* x, const bool* mask, int64_t rows, int64_t n,
+                              const ExponentList& list, int splits, void* part_sums,
+                              void* part_scale, int64_t* part_count, void* sums, void* scale,
+                              int64_t* count, cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  Exponents<acc_t> qs;
+  qs.count = list.count;
+  for (int j = 0; j < kMaxExponents; ++j) {
+    qs.value[j] = j < list.count ? static_cast<acc_t>(list.value[j]) : acc_t(1);
+    qs.kind[j] = j < list.count ? exponent_kind(list.value[j]) : kOne;
+  }
+  if (rows == 0) return cudaSuccess;
+  const bool direct = splits == 1;
+  row_powsum_kernel<scalar_t, acc_t><<<rows * splits, kThreads, 0, stream>>>(
+      static_cast<const scalar_t*>(x), mask, rows, n, qs, splits,
+      static_cast<acc_t*>(direct ? sums : part_sums), static_cast<acc_t*>(direct ? scale : part_scale),
+      direct ? count : part_count);
+  if (!direct) {
+    merge_parts_kernel<acc_t><<<(rows + 127) / 128, 128, 0, stream>>>(
+        rows, qs, splits, static_cast<const acc_t*>(part_sums), static_cast<const acc_t*>(part_scale),
+        part_count, static_cast<acc_t*>(sums), static_cast<acc_t*>(scale), count);
+  }
+  return cudaGetLastError();
+}
+
+// One block per row of magnitudes sorted ascending, pruned entries negative and first:
+// gini = 1 - 2 sum_pos c_pos (n - pos - 1/2) / (d sum c), on c / max so float sums cannot overflow.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+row_gini_kernel(const scalar_t* __restrict__ sorted, int64_t n, acc_t* __restrict__ out) {
+  const scalar_t* sr = sorted + blockIdx.x * n;
+  const acc_t largest = n > 0 ? to_acc(sr[n - 1]) : acc_t(0);  // NaN sorts last
+  const bool inf_max = isinf(largest);
+  const acc_t inv = largest > acc_t(0) ? acc_t(1) / largest : acc_t(0);
+  acc_t total = 0, weighted = 0, survivors = 0;
+  for (int64_t pos = threadIdx.x; pos < n; pos += kThreads) {
+    const acc_t v = to_acc(sr[pos]);
+    if (!(v >= acc_t(0))) continue;  // pruned
+    const acc_t c = inf_max ? acc_t(isinf(v) ? 1 : 0) : v * inv;
+    total += c;
+    weighted += c * (acc_t(n - pos) - acc_t(0.5));
+    survivors += 1;
+  }
+  __shared__ acc_t sh[3][kThreads];
+  sh[0][threadIdx.x] = total;
+  sh[1][threadIdx.x] = weighted;
+  sh[2][threadIdx.x] = survivors;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width)
+      for (int k = 0; k < 3; ++k) sh[k][threadIdx.x] += sh[k][threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    total = sh[0][0];
+    weighted = sh[1][0];
+    survivors = sh[2][0];
+    out[blockIdx.x] = largest != largest ? largest
+                      : total > acc_t(0) ? acc_t(1) - acc_t(2) * weighted / (survivors * total)
+                                         : acc_t(0);
+  }
+}
+
+template <typename scalar_t>
+cudaError_t launch_row_gini(const void* sorted, int64_t rows, int64_t n, void* out,
+                            cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  if (rows == 0) return cudaSuccess;
+  row_gini_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
+      static_cast<const scalar_t*>(sorted), n, static_cast<acc_t*>(out));
+  return cudaGetLastError();
+}
+
+template <template <typename> class Launch, typename... Args>
+cudaError_t dispatch(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kHalf: return Launch<__half>::run(args...);
+    case DType::kBFloat16: return Launch<__nv_bfloat16>::run(args...);
+    case DType::kFloat: return Launch<float>::run(args...);
+    case DType::kDouble: return Launch<double>::run(args...);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T> struct PowSumLaunch {
+  template <typename... A> static cudaError_t run(A... a) { return launch_row_powsum<T>(a...); }
+};
+template <typename T> struct GiniLaunch {
+  template <typename... A> static cudaError_t run(A... a) { return launch_row_gini<T>(a...); }
+};
+
+}  // namespace
+
+int row_powsum_splits(int64_t rows, int64_t n, int num_sms) {
+  if (rows <= 0) return 1;
+  const int64_t want = (2 * int64_t(num_sms) + rows - 1) / rows;
+  const int64_t most = (n + 16383) / 16384;
+  return static_cast<int>(want < most ? (want > 1 ? want : 1) : (most > 1 ? most : 1));
+}
+
+cudaError_t row_powsum(DType dtype, const void* x, const bool* mask, int64_t rows, int64_t n,
+                       const ExponentList& qs, int splits, void* part_sums, void* part_scale,
+                       int64_t* part_count, void* sums, void* scale, int64_t* count,
+                       cudaStream_t stream) {
+  return dispatch<PowSumLaunch>(dtype, x, mask, rows, n, qs, splits, part_sums, part_scale,
+                                part_count, sums, scale, count, stream);
+}
+
+cudaError_t row_gini_sorted(DType dtype, const void* sorted, int64_t rows, int64_t n, void* out,
+                            cudaStream_t stream) {
+  return dispatch<GiniLaunch>(dtype, sorted, rows, n, out, stream);
+}
+
+}  // namespace lqk::cuda

@@ -1,0 +1,102 @@
+"""Backend choice, in one place: an explicit `backend=` argument, else the LQK_BACKEND variable,
+else "auto" (CPU tensors: the C++ kernels; CUDA tensors: whichever of the CUDA C++ and Triton
+kernels the GPU benchmarks found faster; the PyTorch reference where neither was built)."""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import torch
+
+from lqkernels import _ops, _triton
+
+BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
+
+# Kernel-level op name -> its PyTorch reference.
+REFERENCES = {
+    "row_powsum": _ops.row_powsum_reference,
+    "row_gini": _ops.row_gini_reference,
+}
+
+# On CUDA tensors, "auto" picks this backend per op (benchmarks/RESULTS.md, H200).
+AUTO_CUDA = {"row_powsum": "cuda", "row_gini": "cuda"}
+
+
+def _load_native():
+    try:
+        return importlib.import_module("lqkernels._C"), None
+    except ImportError as err:  # a source checkout that was never built, say
+        return None, err
+
+
+native, native_error = _load_native()
+if native is None:
+    warnings.warn(f"lqkernels: native kernels unavailable ({native_error}); using the PyTorch reference",
+                  stacklevel=2)
+
+
+def _load_triton():
+    try:
+        return importlib.import_module("lqkernels._triton.measures"), None
+    except Exception as err:  # no triton, or one too old for these kernels
+        return None, err
+
+
+triton_kernels, triton_error = _load_triton()
+
+
+def available(backend: str, device_type: str) -> str | None:
+    """None if `backend` can run on `device_type` tensors, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "cpp":
+        if device_type != "cpu":
+            return f"backend 'cpp' runs on CPU tensors, not {device_type}"
+        return None if native is not None else f"lqkernels._C did not load: {native_error}"
+    if backend == "cuda":
+        if device_type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, not {device_type}"
+        if native is None:
+            return f"lqkernels._C did not load: {native_error}"
+        return None if native.with_cuda else "lqkernels._C was built without CUDA kernels"
+    if backend == "triton":
+        if triton_kernels is None:
+            return f"Triton kernels unavailable: {triton_error}"
+        if device_type == "cuda" or (device_type == "cpu" and _triton.interpreted()):
+            return None
+        return f"backend 'triton' runs on CUDA tensors (CPU only under TRITON_INTERPRET=1), not {device_type}"
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def auto_backend(op: str, device_type: str) -> str:
+    if device_type == "cpu" and native is not None:
+        return "cpp"
+    if device_type == "cuda":
+        for candidate in (AUTO_CUDA[op], "cuda", "triton"):
+            if available(candidate, "cuda") is None:
+                return candidate
+    return "torch"
+
+
+def resolve(op: str, backend: str | None, device: torch.device) -> str:
+    """The backend that serves `op` on `device` tensors; a clear error if the requested one can't."""
+    requested = backend if backend is not None else os.environ.get("LQK_BACKEND", "auto")
+    if requested not in BACKENDS:
+        source = "backend" if backend is not None else "LQK_BACKEND"
+        raise ValueError(f"unknown {source} {requested!r}; choose one of {BACKENDS}")
+    if requested == "auto":
+        return auto_backend(op, device.type)
+    reason = available(requested, device.type)
+    if reason is not None:
+        raise RuntimeError(f"{op}: {reason}")
+    return requested
+
+
+def kernel(op: str, backend: str):
+    """The callable implementing kernel-level `op` with `backend` (already resolved)."""
+    if backend == "torch":
+        return REFERENCES[op]
+    if backend == "triton":
+        return getattr(torch.ops.lqkernels, f"{op}_triton")
+    return getattr(torch.ops.lqkernels, op)  # the dispatcher picks the CPU or CUDA kernel

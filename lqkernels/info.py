@@ -1,0 +1,57 @@
+"""`python -m lqkernels.info`: versions, whether the native kernels loaded, and which backend
+serves each op on each device type."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+import lqkernels
+from lqkernels import _backend
+
+# Public op -> the kernel-level op that does its pass over the data.
+PUBLIC_OPS = {
+    "lq_norm": "row_powsum", "lq_powsum": "row_powsum", "pq_index": "row_powsum",
+    "sparsity_index": "row_powsum", "hoyer": "row_powsum", "gini": "row_gini",
+}
+
+
+def native_built() -> dict:
+    """What lqkernels._C was built with: {'loaded', 'with_cuda', 'cuda_archs', 'error'}."""
+    native = _backend.native
+    return {
+        "loaded": native is not None,
+        "with_cuda": bool(native and native.with_cuda),
+        "cuda_archs": native.cuda_archs if native else "",
+        "error": None if native else str(_backend.native_error),
+    }
+
+
+def report() -> str:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    built = native_built()
+    lines = [
+        f"lqkernels {lqkernels.__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"triton {triton_version}",
+        f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
+        f"_C loaded: {built['loaded']}" + (f" ({built['error']})" if built["error"] else ""),
+        f"CUDA kernels built: {built['with_cuda']}" + (f" (archs {built['cuda_archs']})" if built["with_cuda"] else ""),
+        "",
+        f"{'op':<16}{'auto on cpu':<14}{'auto on cuda':<14}available backends (cpu / cuda)",
+    ]
+    for public, kernel in PUBLIC_OPS.items():
+        avail = {dev: [b for b in _backend.BACKENDS[1:] if _backend.available(b, dev) is None]
+                 for dev in ("cpu", "cuda")}
+        lines.append(f"{public:<16}{_backend.auto_backend(kernel, 'cpu'):<14}"
+                     f"{_backend.auto_backend(kernel, 'cuda'):<14}"
+                     f"{','.join(avail['cpu'])} / {','.join(avail['cuda'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())

@@ -1,0 +1,47 @@
+"""Builds lqkernels._C by driving CMake (CMakeLists.txt is the only place that knows the sources).
+
+    pip install --no-build-isolation -e .
+
+Environment: CUDA_HOME (toolkit root; default: found from nvcc on PATH), TORCH_CUDA_ARCH_LIST
+(default "9.0a"), LQK_NO_CUDA=1 (CPU kernels only), LQK_CPU_ARCH (-march value, default native),
+MAX_JOBS (parallel compile jobs).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-G", "Ninja",
+        ]
+        cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+        if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
+            args.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home) / 'bin' / 'nvcc'}")
+        source_dir = Path(__file__).parent.resolve()
+        subprocess.run(["cmake", "-S", str(source_dir), "-B", str(build_dir), *args], check=True)
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+
+
+setup(
+    packages=find_packages(include=["lqkernels", "lqkernels.*"]),
+    ext_modules=[CMakeExtension("lqkernels._C")],
+    cmdclass={"build_ext": CMakeBuild},
+)
