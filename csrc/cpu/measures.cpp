@@ -87,93 +87,103 @@ struct PowSumState {
   }
 };
 
-// Sum of r^q over a chunk of ratios r in [0, 1], and log2 r where a general exponent needs it.
-template <typename acc_t>
-acc_t chunk_power_sum(const acc_t* r, const acc_t* log2r, int n, acc_t q, int kind) {
+// Reductions over a chunk keep kLanes independent partial results: one accumulator would make
+// every vector add wait for the previous one (no -ffast-math to let the compiler reassociate).
+constexpr int kLanes = 32;
+
+template <typename acc_t, typename Term>
+inline acc_t lane_sum(int n, Term term) {
+  acc_t part[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) part[k] += term(i + k);
+  }
+  for (; i < n; ++i) part[0] += term(i);
   acc_t s = 0;
+  for (int k = 0; k < kLanes; ++k) s += part[k];
+  return s;
+}
+
+// Sum over a chunk of (a * inv)^q, with log2(a * inv) precomputed where a general exponent needs it.
+template <typename acc_t>
+acc_t chunk_power_sum(const acc_t* a, acc_t inv, const acc_t* log2r, int n, acc_t q, int kind) {
   switch (kind) {
-    case kOne:
-#pragma omp simd reduction(+ : s)
-      for (int i = 0; i < n; ++i) s += r[i];
-      break;
-    case kTwo:
-#pragma omp simd reduction(+ : s)
-      for (int i = 0; i < n; ++i) s += r[i] * r[i];
-      break;
-    case kHalf:
-#pragma omp simd reduction(+ : s)
-      for (int i = 0; i < n; ++i) s += std::sqrt(r[i]);
-      break;
+    case kOne: return lane_sum<acc_t>(n, [&](int i) { return a[i] * inv; });
+    case kTwo: return lane_sum<acc_t>(n, [&](int i) { return (a[i] * inv) * (a[i] * inv); });
+    case kHalf: return lane_sum<acc_t>(n, [&](int i) { return std::sqrt(a[i] * inv); });
     default:
       if constexpr (std::is_same_v<acc_t, float>) {
-#pragma omp simd reduction(+ : s)
-        for (int i = 0; i < n; ++i) s += r[i] > 0 ? exp2_nonpositive(q * log2r[i]) : 0.0f;
+        return lane_sum<acc_t>(n, [&](int i) { return a[i] > 0 ? exp2_nonpositive(q * log2r[i]) : 0.0f; });
       } else {
-        for (int i = 0; i < n; ++i) s += r[i] > 0 ? std::exp2(q * log2r[i]) : acc_t(0);
+        return lane_sum<acc_t>(n, [&](int i) { return a[i] > 0 ? std::exp2(q * log2r[i]) : acc_t(0); });
       }
   }
-  return s;
 }
 
 constexpr int kChunk = 512;
 
-// Accumulates elements [begin, end) of one row into `state`.
+// Accumulates elements [begin, end) of one row into `state`: per chunk, one pass loads the
+// magnitudes (into L1) and their maximum, then one pass per exponent sums them relative to the
+// running maximum.
 template <typename scalar_t, typename acc_t>
 void accumulate_row(const scalar_t* x, const bool* mask, int64_t begin, int64_t end,
                     const Exponents<acc_t>& qs, PowSumState<acc_t>& state) {
-  acc_t a[kChunk], r[kChunk], log2r[kChunk];
+  acc_t a[kChunk], log2r[kChunk];
   for (int64_t start = begin; start < end; start += kChunk) {
     const int n = static_cast<int>(std::min<int64_t>(kChunk, end - start));
-    acc_t chunk_max = 0;
-    int nan_count = 0;
-    if (mask) {
-      int64_t survivors = 0;
+    // Magnitudes into L1, their maximum, and a probe that is NaN exactly when some |x| is NaN or
+    // inf (v - v), all with kLanes independent lanes.
+    acc_t lane_max[kLanes] = {}, lane_probe[kLanes] = {};
+    int64_t survivors = 0;
+    for (int i0 = 0; i0 < n; i0 += kLanes) {
+      const int width = std::min(kLanes, n - i0);
 #pragma omp simd reduction(+ : survivors)
+      for (int k = 0; k < width; ++k) {
+        const int64_t i = start + i0 + k;
+        const acc_t v = std::abs(static_cast<acc_t>(x[i]));
+        const acc_t m = mask ? (mask[i] ? v : acc_t(0)) : v;
+        a[i0 + k] = m;
+        if (mask) survivors += mask[i];
+        lane_max[k] = lane_max[k] > m ? lane_max[k] : m;
+        lane_probe[k] += m - m;
+      }
+    }
+    state.count += mask ? survivors : n;
+    acc_t chunk_max = 0, probe = 0;
+    for (int k = 0; k < kLanes; ++k) {
+      chunk_max = std::max(chunk_max, lane_max[k]);
+      probe += lane_probe[k];
+    }
+    if (probe != 0) {
+      int64_t infinite = 0;
       for (int i = 0; i < n; ++i) {
-        a[i] = mask[start + i] ? std::abs(static_cast<acc_t>(x[start + i])) : acc_t(0);
-        survivors += mask[start + i];
+        if (std::isnan(a[i])) {  // NaN propagates to every statistic of the row, as in vector_norm
+          state.scale = a[i];
+          for (int j = 0; j < qs.count; ++j) state.sums[j] = a[i];
+          for (int64_t k = start + n; k < end; ++k) state.count += mask ? mask[k] : 1;
+          return;
+        }
+        infinite += std::isinf(a[i]);
       }
-      state.count += survivors;
-    } else {
-#pragma omp simd
-      for (int i = 0; i < n; ++i) a[i] = std::abs(static_cast<acc_t>(x[start + i]));
-      state.count += n;
-    }
-#pragma omp simd reduction(max : chunk_max) reduction(+ : nan_count)
-    for (int i = 0; i < n; ++i) {
-      chunk_max = std::max(chunk_max, a[i]);
-      nan_count += a[i] != a[i];
-    }
-    if (nan_count) {  // NaN propagates to every statistic of the row, as in vector_norm
-      state.scale = std::numeric_limits<acc_t>::quiet_NaN();
-      for (int j = 0; j < qs.count; ++j) state.sums[j] = state.scale;
-      if (mask) {
-        for (int64_t i = start + n; i < end; ++i) state.count += mask[i];
-      } else {
-        state.count += end - start - n;
-      }
-      return;
+      // The limit as the infinite entries grow: each counts (inf/inf)^q = 1, finite ones 0.
+      state.raise_scale(std::numeric_limits<acc_t>::infinity(), qs);
+      for (int j = 0; j < qs.count; ++j) state.sums[j] += static_cast<acc_t>(infinite);
+      continue;
     }
     if (chunk_max > state.scale) state.raise_scale(chunk_max, qs);
-    if (state.scale == 0) continue;  // all zeros so far
-    if (std::isinf(state.scale)) {
-#pragma omp simd
-      for (int i = 0; i < n; ++i) r[i] = std::isinf(a[i]) ? acc_t(1) : acc_t(0);
-    } else {
-      const acc_t inv = acc_t(1) / state.scale;
-#pragma omp simd
-      for (int i = 0; i < n; ++i) r[i] = a[i] * inv;
-    }
+    if (state.scale == 0 || std::isinf(state.scale)) continue;  // all zero, or finite after inf
+    const acc_t inv = acc_t(1) / state.scale;
     if (qs.any_general) {
       if constexpr (std::is_same_v<acc_t, float>) {
 #pragma omp simd
-        for (int i = 0; i < n; ++i) log2r[i] = log2_ratio(r[i]);
+        for (int i = 0; i < n; ++i) log2r[i] = log2_ratio(a[i] * inv);
       } else {
-        for (int i = 0; i < n; ++i) log2r[i] = std::log2(r[i]);
+        for (int i = 0; i < n; ++i) log2r[i] = std::log2(a[i] * inv);
       }
     }
     for (int j = 0; j < qs.count; ++j)
-      state.sums[j] += chunk_power_sum(r, log2r, n, qs.value[j], qs.kind[j]);
+      state.sums[j] += chunk_power_sum(a, inv, log2r, n, qs.value[j], qs.kind[j]);
   }
 }
 

@@ -1,0 +1,38 @@
+# Set-up from scratch on a fresh machine, then the job. `make test` is what CI runs (.ci/run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.14.1 is the CUDA 13.0 build that lies on the development machines' disk.
+TORCH_SPEC ?= torch==2.14.1
+# No GPU to detect here: build the CUDA kernels for Hopper (H100/H200).
+export TORCH_CUDA_ARCH_LIST ?= 9.0a
+export MAX_JOBS ?= 2
+NATIVE_SOURCES := CMakeLists.txt setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: demo test bench build studies clean
+
+demo: $(VENV)/.built
+	$(PY) -m lqkernels.demo
+
+test: $(VENV)/.built
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q
+
+bench: $(VENV)/.built
+	mkdir -p out
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=out/bench.json
+	$(PY) benchmarks/ratios.py out/bench.json
+
+build: $(VENV)/.built
+
+$(VENV)/.deps:
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" "cmake>=3.26" ninja setuptools wheel numpy
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m lqkernels.info
+	touch $@
+
+clean:
+	rm -rf build lqkernels/*.so out $(VENV)

@@ -1,0 +1,75 @@
+"""GPU benchmark of the measure ops (issue 2's H200 claims): time with triton.testing.do_bench
+(median), bandwidth against the copy bandwidth measured in the same run, ratio against the torch
+peers, and each result's relative error against float64.
+
+    python benchmarks/gpu_measures.py --out $OUT/gpu_measures.md
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from lqkernels import ops  # noqa: E402
+from peers import torch_lq_norm, torch_pq_index  # noqa: E402
+
+ROWS, COLS = 14336, 4096
+
+
+def median_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / (median_ms(lambda: dst.copy_(src)) * 1e-3)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).norm() / ref.norm()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="out/gpu_measures.md")
+    args = parser.parse_args()
+    bw = copy_bandwidth()
+    lines = [f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}",
+             f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s; W = {ROWS} x {COLS}, dim=1 unless noted", "",
+             "| op | dtype | backend | time (us) | read GB/s | % of copy BW | peer (us) | peer / ours | rel err vs fp64 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        w = torch.randn(ROWS, COLS, device="cuda", dtype=dtype, generator=gen)
+        w64 = w.double()
+        nbytes = w.numel() * w.element_size()
+        cases = [(f"lq_norm q={q}", lambda b, q=q: ops.lq_norm(w, q, 1, backend=b),
+                  lambda q=q: torch_lq_norm(w, q, 1), torch_lq_norm(w64, q, 1)) for q in (0.5, 1.0, 2.0, 0.3, 1.7)]
+        cases.append(("lq_norm q=0.5 dim=None", lambda b: ops.lq_norm(w, 0.5, backend=b),
+                      lambda: torch_lq_norm(w, 0.5), torch_lq_norm(w64, 0.5)))
+        cases.append(("pq_index (0.5, 1)", lambda b: ops.pq_index(w, 0.5, 1.0, 1, backend=b),
+                      lambda: torch_pq_index(w, 0.5, 1.0, 1), torch_pq_index(w64, 0.5, 1.0, 1)))
+        cases.append(("powsum 5 exponents", lambda b: ops.lq_powsum(w, [0.2, 0.4, 0.6, 0.8, 1.0], 1, backend=b).sums,
+                      lambda: torch.stack([w.float().abs().pow(q).sum(1) for q in (0.2, 0.4, 0.6, 0.8, 1.0)]),
+                      torch.stack([w64.abs().pow(q).sum(1) for q in (0.2, 0.4, 0.6, 0.8, 1.0)])))
+        for name, ours, peer, ref in cases:
+            peer_ms = median_ms(peer)
+            for backend in ("cuda", "triton"):
+                err = rel_err(ours(backend), ref)
+                ms = median_ms(lambda: ours(backend))
+                read = nbytes / (ms * 1e-3)
+                lines.append(f"| {name} | {str(dtype)[6:]} | {backend} | {ms * 1e3:.1f} | {read / 1e9:.0f} | "
+                             f"{100 * read / bw:.0f}% | {peer_ms * 1e3:.1f} | {peer_ms / ms:.2f}x | {err:.1e} |")
+            print(lines[-2], lines[-1], sep="\n", flush=True)
+    text = "\n".join(lines)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
