@@ -96,7 +96,7 @@ def _as_rows(x: torch.Tensor, dim: Dim, mask: torch.Tensor | None, op: str):
     out_shape = [x.shape[d] for d in kept]
     keep_shape = [1 if d in reduced else x.shape[d] for d in range(x.dim())]
     rows = math.prod(out_shape)
-    n = math.prod(x.shape[d] for d in reduced)
+    n = math.prod([x.shape[d] for d in reduced])
     perm = kept + reduced
     x2d = x.permute(perm).reshape(rows, n)
     mask2d = mask.permute(perm).reshape(rows, n) if mask is not None else None
