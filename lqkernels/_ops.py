@@ -14,6 +14,8 @@ Sums relative to the maximum never overflow or underflow; Σ|x|^q = scale^q · T
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 lib = torch.library.Library("lqkernels", "FRAGMENT")
@@ -115,3 +117,289 @@ def row_gini_reference(x: torch.Tensor, mask: torch.Tensor | None):
 
 
 lib.impl("row_gini", row_gini_reference, "CompositeExplicitAutograd")
+
+
+# ---- selection ----
+# Scores are ranked by value (by |value| if magnitude; reversed if not largest); among equal
+# scores (-0 == +0) the lowest index ranks first, so the boundary of every selection is exact and
+# identical on every backend. Only candidates (mask True) are ranked.
+
+# row_topk_mask: per row, the k[row] best-ranked candidates (bool, x's shape) and the k-th ranked
+# score (x's dtype; +inf for k = 0 when largest, else -inf).
+lib.define("row_topk_mask(Tensor x, Tensor k, Tensor? mask, bool magnitude, bool largest) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("lqkernels::row_topk_mask")
+def _row_topk_mask_fake(x, k, mask, magnitude, largest):
+    return x.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],))
+
+
+def ranking(x: torch.Tensor, mask: torch.Tensor | None, magnitude: bool, largest: bool, dim: int = -1):
+    """(ranked scores in float64, order): `order` lists positions along `dim` best first, ties by
+    lowest index, candidates before every non-candidate."""
+    v = x.double().abs() if magnitude else x.double()
+    v = v + 0.0  # -0 ranks with +0
+    order = torch.arange(x.shape[dim], device=x.device).expand(x.shape)
+    if mask is not None:  # non-candidates rank last: worst value, and after candidates (stable)
+        v = v.where(mask, -math.inf if largest else math.inf)
+        order = torch.sort((~mask).to(torch.uint8), dim=dim, stable=True).indices
+    ranked = v.gather(dim, order).sort(dim=dim, descending=largest, stable=True)
+    return ranked.values, order.gather(dim, ranked.indices)
+
+
+def row_topk_mask_reference(x, k, mask, magnitude, largest):
+    values, order = ranking(x, mask, magnitude, largest)
+    rank = torch.arange(x.shape[1], device=x.device)[None, :]
+    out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    out.scatter_(1, order, rank < k[:, None])
+    boundary = (k - 1).clamp_min(0)[:, None]
+    kth = values.gather(1, boundary).squeeze(1) if x.shape[1] else values.new_empty(x.shape[0])
+    threshold = torch.where(k > 0, kth, math.inf if largest else -math.inf)
+    return out, threshold.to(x.dtype)
+
+
+lib.impl("row_topk_mask", row_topk_mask_reference, "CompositeExplicitAutograd")
+
+# global_topk_masks: the k best-ranked candidates over all tensors together (ties: tensor order,
+# then flat index), one bool mask per tensor, without concatenating them.
+lib.define("global_topk_masks(Tensor[] xs, Tensor[]? masks, int k, bool magnitude, bool largest) -> Tensor[]")
+
+
+@torch.library.register_fake("lqkernels::global_topk_masks")
+def _global_topk_masks_fake(xs, masks, k, magnitude, largest):
+    return [x.new_empty(x.shape, dtype=torch.bool) for x in xs]
+
+
+def global_topk_masks_reference(xs, masks, k, magnitude, largest):
+    flat = torch.cat([x.reshape(-1) for x in xs])
+    flat_mask = torch.cat([m.reshape(-1) for m in masks]) if masks is not None else None
+    _, order = ranking(flat, flat_mask, magnitude, largest)
+    chosen = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    chosen[order[:k]] = True
+    return [c.view(x.shape) for c, x in zip(chosen.split([x.numel() for x in xs]), xs)]
+
+
+lib.impl("global_topk_masks", global_topk_masks_reference, "CompositeExplicitAutograd")
+
+
+# ---- sparse linear ----
+# y = x · Wᵀ + b with a pruned W kept compressed (lqkernels.nn.SparseLinear packs it). x is
+# (M, in_features), y (M, out_features); `values` holds the kept weights in x's dtype, row by row.
+# Three formats (byte arithmetic in README.md, "Sparse layers"):
+#   bitmap  row_offsets int64 (out+1) into values; bitmap int32 (out, ceil(in/32)), bit j of word w
+#           marks column 32w + j (bits past in_features are 0).
+#   csr16   row_offsets int64 (out+1); columns int16 (nnz,), each the column as an unsigned 16-bit
+#           number (so in_features <= 65536).
+#   bsr     values (blocks, 32, 32), a 32x32 tile of W padded with zeros at the edges;
+#           block_row_offsets int64 (ceil(out/32)+1) into the blocks; block_columns int32 (blocks,);
+#           block_mask int32 (blocks, 32), bit j of word i marks entry (i, j) of the tile as kept
+#           (the forward does not read it; gradients flow only to kept entries).
+# The gradient reaches x, the kept values and the bias only: a pruned weight stays exactly 0 under
+# fine-tuning.
+
+BSR_BLOCK = 32
+SPARSE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+lib.define("bitmap_linear(Tensor x, Tensor values, Tensor row_offsets, Tensor bitmap, Tensor? bias) -> Tensor")
+lib.define("csr16_linear(Tensor x, Tensor values, Tensor row_offsets, Tensor columns, Tensor? bias) -> Tensor")
+lib.define("bsr_linear(Tensor x, Tensor values, Tensor block_row_offsets, Tensor block_columns, "
+           "Tensor block_mask, Tensor? bias, SymInt out_features) -> Tensor")
+
+
+def check_sparse_linear(op: str, x, values, offsets, index: dict, bias, out_features) -> None:
+    """The shape, dtype and device preconditions the C++ kernels TORCH_CHECK, for the Python
+    (reference and Triton) kernels. `index` maps each index tensor's name to (tensor, dtype)."""
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be (M, in_features), got shape {tuple(x.shape)}")
+    if x.dtype not in SPARSE_DTYPES:
+        raise TypeError(f"{op}: unsupported dtype {x.dtype} (float16, bfloat16, float32 or float64)")
+    if values.dtype != x.dtype:
+        raise TypeError(f"{op}: values dtype {values.dtype} does not match x dtype {x.dtype}")
+    if offsets.dtype != torch.int64 or offsets.dim() != 1 or offsets.shape[0] < 1:
+        raise TypeError(f"{op}: row offsets must be a non-empty 1-d int64 tensor, got "
+                        f"{offsets.dtype} of shape {tuple(offsets.shape)}")
+    tensors = {"values": values, "row offsets": offsets, **{k: t for k, (t, _) in index.items()}}
+    if bias is not None:
+        tensors["bias"] = bias
+        if bias.dtype != x.dtype or bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must be ({out_features},) of dtype {x.dtype}, got "
+                             f"{tuple(bias.shape)} {bias.dtype}")
+    for name, (t, dtype) in index.items():
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must be {dtype}, got {t.dtype}")
+    for name, t in tensors.items():
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+
+
+def _check_bitmap(x, values, row_offsets, bitmap, bias, op="bitmap_linear"):
+    out_features = row_offsets.shape[0] - 1
+    check_sparse_linear(op, x, values, row_offsets, {"bitmap": (bitmap, torch.int32)}, bias, out_features)
+    words = (x.shape[1] + 31) // 32
+    if values.dim() != 1 or bitmap.shape != (out_features, words):
+        raise ValueError(f"{op}: for x of shape {tuple(x.shape)} and {out_features} rows expected a "
+                         f"({out_features}, {words}) bitmap and 1-d values, got bitmap "
+                         f"{tuple(bitmap.shape)} and values {tuple(values.shape)}")
+
+
+def _check_csr16(x, values, row_offsets, columns, bias, op="csr16_linear"):
+    out_features = row_offsets.shape[0] - 1
+    check_sparse_linear(op, x, values, row_offsets, {"columns": (columns, torch.int16)}, bias, out_features)
+    if x.shape[1] > 65536:
+        raise ValueError(f"{op}: 16-bit columns address at most 65536 inputs, got in_features {x.shape[1]}")
+    if values.dim() != 1 or columns.shape != values.shape:
+        raise ValueError(f"{op}: values and columns must be 1-d of one length, got "
+                         f"{tuple(values.shape)} and {tuple(columns.shape)}")
+
+
+def _check_bsr(x, values, block_row_offsets, block_columns, block_mask, bias, out_features,
+               op="bsr_linear"):
+    check_sparse_linear(op, x, values, block_row_offsets,
+                        {"block columns": (block_columns, torch.int32),
+                         "block mask": (block_mask, torch.int32)}, bias, out_features)
+    b = BSR_BLOCK
+    blocks = block_columns.shape[0]
+    if block_row_offsets.shape[0] != (out_features + b - 1) // b + 1:
+        raise ValueError(f"{op}: {out_features} output features need {(out_features + b - 1) // b + 1} "
+                         f"block row offsets, got {block_row_offsets.shape[0]}")
+    if values.shape != (blocks, b, b) or block_mask.shape != (blocks, b) or block_columns.dim() != 1:
+        raise ValueError(f"{op}: expected values ({blocks}, {b}, {b}) and block mask ({blocks}, {b}), "
+                         f"got {tuple(values.shape)} and {tuple(block_mask.shape)}")
+
+
+def _unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., k) int32 words -> (..., width) bool, bit j of word w at position 32w + j."""
+    shifts = torch.arange(32, dtype=torch.int32, device=words.device)
+    bits = (words.unsqueeze(-1) >> shifts).bitwise_and(1).bool()
+    return bits.flatten(-2)[..., :width]
+
+
+def bitmap_mask(bitmap: torch.Tensor, in_features: int) -> torch.Tensor:
+    return _unpack_bits(bitmap, in_features)
+
+
+def _csr16_flat_index(row_offsets, columns, in_features):
+    """Position r * in_features + c in the flattened W of every kept value (static shapes)."""
+    rows = torch.repeat_interleave(torch.arange(row_offsets.shape[0] - 1, device=columns.device),
+                                   row_offsets.diff(), output_size=columns.shape[0])
+    return rows * in_features + columns.long().bitwise_and(0xFFFF)
+
+
+def bitmap_to_dense(values, row_offsets, bitmap, in_features: int) -> torch.Tensor:
+    """W * mask (out, in) from the bitmap format; differentiable in `values`."""
+    mask = bitmap_mask(bitmap, in_features)
+    return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+
+def csr16_to_dense(values, row_offsets, columns, in_features: int) -> torch.Tensor:
+    out_features = row_offsets.shape[0] - 1
+    flat = _csr16_flat_index(row_offsets, columns, in_features)
+    return values.new_zeros(out_features * in_features).index_put((flat,), values).view(
+        out_features, in_features)
+
+
+def _bsr_block_rows(block_row_offsets, blocks: int):
+    return torch.repeat_interleave(torch.arange(block_row_offsets.shape[0] - 1, device=block_row_offsets.device),
+                                   block_row_offsets.diff(), output_size=blocks)
+
+
+def bsr_to_dense(values, block_row_offsets, block_columns, out_features: int, in_features: int):
+    b = BSR_BLOCK
+    grid = values.new_zeros(block_row_offsets.shape[0] - 1, (in_features + b - 1) // b, b, b)
+    grid = grid.index_put((_bsr_block_rows(block_row_offsets, values.shape[0]), block_columns.long()), values)
+    return grid.transpose(1, 2).flatten(0, 1).flatten(1)[:out_features, :in_features]
+
+
+def _dense_grad_to_kept(fmt: str, dW: torch.Tensor, values, offsets, index):
+    """The adjoint of <fmt>_to_dense: the gradient of the kept values from a dense (out, in) one."""
+    if fmt == "bitmap":
+        mask = bitmap_mask(index[0], dW.shape[1])
+        return torch.ops.aten.masked_scatter_backward(dW, mask, values.shape)
+    if fmt == "csr16":
+        return dW.reshape(-1)[_csr16_flat_index(offsets, index[0], dW.shape[1])]
+    b = BSR_BLOCK
+    block_columns, block_mask = index
+    rows, cols = -(-dW.shape[0] // b), -(-dW.shape[1] // b)
+    grid = torch.nn.functional.pad(dW, (0, cols * b - dW.shape[1], 0, rows * b - dW.shape[0]))
+    grid = grid.view(rows, b, cols, b).transpose(1, 2)
+    kept = grid[_bsr_block_rows(offsets, values.shape[0]), block_columns.long()]
+    return kept * _unpack_bits(block_mask.unsqueeze(-1), b).to(kept.dtype)
+
+
+def _sparse_to_dense(fmt: str, values, offsets, index, out_features: int, in_features: int):
+    if fmt == "bitmap":
+        return bitmap_to_dense(values, offsets, index[0], in_features)
+    if fmt == "csr16":
+        return csr16_to_dense(values, offsets, index[0], in_features)
+    return bsr_to_dense(values, offsets, index[0], out_features, in_features)
+
+
+def bitmap_linear_reference(x, values, row_offsets, bitmap, bias):
+    _check_bitmap(x, values, row_offsets, bitmap, bias)
+    return torch.nn.functional.linear(x, bitmap_to_dense(values, row_offsets, bitmap, x.shape[1]), bias)
+
+
+def csr16_linear_reference(x, values, row_offsets, columns, bias):
+    _check_csr16(x, values, row_offsets, columns, bias)
+    return torch.nn.functional.linear(x, csr16_to_dense(values, row_offsets, columns, x.shape[1]), bias)
+
+
+def bsr_linear_reference(x, values, block_row_offsets, block_columns, block_mask, bias, out_features):
+    _check_bsr(x, values, block_row_offsets, block_columns, block_mask, bias, out_features)
+    w = bsr_to_dense(values, block_row_offsets, block_columns, out_features, x.shape[1])
+    return torch.nn.functional.linear(x, w, bias)
+
+
+lib.impl("bitmap_linear", bitmap_linear_reference, "CompositeExplicitAutograd")
+lib.impl("csr16_linear", csr16_linear_reference, "CompositeExplicitAutograd")
+lib.impl("bsr_linear", bsr_linear_reference, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("lqkernels::bitmap_linear")
+def _bitmap_linear_fake(x, values, row_offsets, bitmap, bias):
+    return x.new_empty((x.shape[0], row_offsets.shape[0] - 1))
+
+
+@torch.library.register_fake("lqkernels::csr16_linear")
+def _csr16_linear_fake(x, values, row_offsets, columns, bias):
+    return x.new_empty((x.shape[0], row_offsets.shape[0] - 1))
+
+
+@torch.library.register_fake("lqkernels::bsr_linear")
+def _bsr_linear_fake(x, values, block_row_offsets, block_columns, block_mask, bias, out_features):
+    return x.new_empty((x.shape[0], out_features))
+
+
+# Autograd, shared by every format and backend (the Triton ops register the same functions):
+#   grad_x = dy · W,  grad_values = kept entries of dyᵀ · x,  grad_bias = Σ dy.
+# Both products go through the dense W (the cost of a dense layer's backward): fine-tuning is rare
+# next to inference, and one formula serves every format on every device.
+# Every op's inputs are (x, values, offsets, *index tensors, bias[, out_features]).
+SPARSE_INDEX_TENSORS = {"bitmap": 1, "csr16": 1, "bsr": 2}
+
+
+def register_sparse_linear_autograd(op: str, fmt: str) -> None:
+    """Registers the shared backward for `op` (a kernel-level or Triton op of format `fmt`)."""
+    n_index = SPARSE_INDEX_TENSORS[fmt]
+
+    def setup_context(ctx, inputs, output):
+        x, values, offsets, *index = inputs[:3 + n_index]
+        ctx.n_inputs = len(inputs)
+        ctx.save_for_backward(x, values, offsets, *index)
+
+    def backward(ctx, dy):
+        x, values, offsets, *index = ctx.saved_tensors
+        grads = [None] * ctx.n_inputs
+        if ctx.needs_input_grad[0]:
+            grads[0] = dy @ _sparse_to_dense(fmt, values, offsets, index, dy.shape[1], x.shape[1])
+        if ctx.needs_input_grad[1]:
+            grads[1] = _dense_grad_to_kept(fmt, dy.t() @ x, values, offsets, index)
+        if ctx.needs_input_grad[3 + n_index]:
+            grads[3 + n_index] = dy.sum(0)
+        return tuple(grads)
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+for _name, _fmt in (("bitmap_linear", "bitmap"), ("csr16_linear", "csr16"), ("bsr_linear", "bsr")):
+    register_sparse_linear_autograd(f"lqkernels::{_name}", _fmt)
