@@ -17,10 +17,20 @@ BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
 REFERENCES = {
     "row_powsum": _ops.row_powsum_reference,
     "row_gini": _ops.row_gini_reference,
+    "row_topk_mask": _ops.row_topk_mask_reference,
+    "global_topk_masks": _ops.global_topk_masks_reference,
+    "bitmap_linear": _ops.bitmap_linear_reference,
+    "csr16_linear": _ops.csr16_linear_reference,
+    "bsr_linear": _ops.bsr_linear_reference,
 }
 
-# On CUDA tensors, "auto" picks this backend per op (benchmarks/RESULTS.md, H200).
-AUTO_CUDA = {"row_powsum": "cuda", "row_gini": "cuda"}
+# On CUDA tensors, "auto" picks this backend per op. Until the GPU benchmarks have compared them
+# on an H200 (benchmarks/gpu_check.sh), the CUDA C++ kernel is the default.
+AUTO_CUDA = {op: "cuda" for op in REFERENCES}
+AUTO_CUDA["bsr_linear"] = "triton"  # block-sparse tiles need tl.dot's tensor cores; no CUDA C++ kernel
+
+# The Triton kernel families (lqkernels/_triton/<family>.py); each defines ops <op>_triton.
+TRITON_FAMILIES = ("measures", "selection", "sparse_linear")
 
 
 def _load_native():
@@ -37,17 +47,20 @@ if native is None:
 
 
 def _load_triton():
-    try:
-        return importlib.import_module("lqkernels._triton.measures"), None
-    except Exception as err:  # no triton, or one too old for these kernels
-        return None, err
+    loaded, errors = [], {}
+    for family in TRITON_FAMILIES:
+        try:
+            loaded.append(importlib.import_module(f"lqkernels._triton.{family}"))
+        except Exception as err:  # no triton, or one too old for these kernels
+            errors[family] = err
+    return loaded, errors
 
 
-triton_kernels, triton_error = _load_triton()
+triton_kernels, triton_errors = _load_triton()
 
 
-def available(backend: str, device_type: str) -> str | None:
-    """None if `backend` can run on `device_type` tensors, else the reason it cannot."""
+def available(backend: str, device_type: str, op: str) -> str | None:
+    """None if `backend` can run `op` on `device_type` tensors, else the reason it cannot."""
     if backend == "torch":
         return None
     if backend == "cpp":
@@ -61,8 +74,8 @@ def available(backend: str, device_type: str) -> str | None:
             return f"lqkernels._C did not load: {native_error}"
         return None if native.with_cuda else "lqkernels._C was built without CUDA kernels"
     if backend == "triton":
-        if triton_kernels is None:
-            return f"Triton kernels unavailable: {triton_error}"
+        if not hasattr(torch.ops.lqkernels, f"{op}_triton"):
+            return f"no Triton kernel for {op} ({'; '.join(map(str, triton_errors.values())) or 'not written'})"
         if device_type == "cuda" or (device_type == "cpu" and _triton.interpreted()):
             return None
         return f"backend 'triton' runs on CUDA tensors (CPU only under TRITON_INTERPRET=1), not {device_type}"
@@ -74,7 +87,7 @@ def auto_backend(op: str, device_type: str) -> str:
         return "cpp"
     if device_type == "cuda":
         for candidate in (AUTO_CUDA[op], "cuda", "triton"):
-            if available(candidate, "cuda") is None:
+            if available(candidate, "cuda", op) is None:
                 return candidate
     return "torch"
 
@@ -87,7 +100,7 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
         raise ValueError(f"unknown {source} {requested!r}; choose one of {BACKENDS}")
     if requested == "auto":
         return auto_backend(op, device.type)
-    reason = available(requested, device.type)
+    reason = available(requested, device.type, op)
     if reason is not None:
         raise RuntimeError(f"{op}: {reason}")
     return requested

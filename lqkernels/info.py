@@ -13,6 +13,9 @@ from lqkernels import _backend
 PUBLIC_OPS = {
     "lq_norm": "row_powsum", "lq_powsum": "row_powsum", "pq_index": "row_powsum",
     "sparsity_index": "row_powsum", "hoyer": "row_powsum", "gini": "row_gini",
+    "topk_mask": "row_topk_mask", "topk_threshold": "row_topk_mask", "nm_mask": "row_topk_mask",
+    "global_topk_masks": "global_topk_masks",
+    "bitmap_linear": "bitmap_linear", "csr16_linear": "csr16_linear", "bsr_linear": "bsr_linear",
 }
 
 
@@ -42,12 +45,12 @@ def report() -> str:
         f"_C loaded: {built['loaded']}" + (f" ({built['error']})" if built["error"] else ""),
         f"CUDA kernels built: {built['with_cuda']}" + (f" (archs {built['cuda_archs']})" if built["with_cuda"] else ""),
         "",
-        f"{'op':<16}{'auto on cpu':<14}{'auto on cuda':<14}available backends (cpu / cuda)",
+        f"{'op':<18}{'auto on cpu':<14}{'auto on cuda':<14}available backends (cpu / cuda)",
     ]
     for public, kernel in PUBLIC_OPS.items():
-        avail = {dev: [b for b in _backend.BACKENDS[1:] if _backend.available(b, dev) is None]
+        avail = {dev: [b for b in _backend.BACKENDS[1:] if _backend.available(b, dev, kernel) is None]
                  for dev in ("cpu", "cuda")}
-        lines.append(f"{public:<16}{_backend.auto_backend(kernel, 'cpu'):<14}"
+        lines.append(f"{public:<18}{_backend.auto_backend(kernel, 'cpu'):<14}"
                      f"{_backend.auto_backend(kernel, 'cuda'):<14}"
                      f"{','.join(avail['cpu'])} / {','.join(avail['cuda'])}")
     return "\n".join(lines)

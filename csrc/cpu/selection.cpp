@@ -144,6 +144,29 @@ void mark_ties(const Key* keys, const bool* mask, int64_t n, Key kth, int64_t ta
   }
 }
 
+// Rows up to this long are selected by counting, for each candidate, the candidates ranked above
+// it (n^2 compares beat clearing a histogram for an N:M group of 4).
+constexpr int64_t kSmallRow = 32;
+
+template <typename Key>
+void select_by_rank(const Key* keys, const bool* mask, int64_t n, int64_t k, bool* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t above = 0;
+    for (int64_t j = 0; j < n; ++j)
+      above += (!mask || mask[j]) && (keys[j] > keys[i] || (keys[j] == keys[i] && j < i));
+    out[i] = (!mask || mask[i]) && above < k;
+  }
+}
+
+// Copies the keys of the selected entries to `packed`; returns how many.
+template <typename Key>
+int64_t pack_selected(const Key* keys, const bool* selected, int64_t n, Key* packed) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (selected[i]) packed[count++] = keys[i];
+  return count;
+}
+
 // One row of row_topk_mask: returns 0, or 1 for NaN among the candidates, 2 for k out of range.
 // Ranking options are template parameters so the key and mask loops vectorise.
 template <typename scalar_t, bool kMagnitude, bool kLargest>
@@ -152,6 +175,7 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
                   typename KeyOf<AccOf<scalar_t>>::type* __restrict scratch, bool* __restrict out,
                   scalar_t& threshold, int64_t& candidates) {
   using acc_t = AccOf<scalar_t>;
+  using Key = typename KeyOf<acc_t>::type;
   compute_keys<scalar_t, kMagnitude, kLargest>(x, n, keys);
   const auto [count, nans] = count_candidates(x, mask, n);
   candidates = count;
@@ -161,6 +185,12 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
     std::fill(out, out + n, false);
     threshold = static_cast<scalar_t>(kLargest ? std::numeric_limits<acc_t>::infinity()
                                                : -std::numeric_limits<acc_t>::infinity());
+    return 0;
+  }
+  if (n <= kSmallRow) {  // N:M groups and other short rows: rank by counting, no histograms
+    select_by_rank(keys, mask, n, k, out);
+    const Key worst = *std::min_element(scratch, scratch + pack_selected(keys, out, n, scratch));
+    threshold = static_cast<scalar_t>(key_value<acc_t>(worst, kMagnitude, kLargest));
     return 0;
   }
   auto b = radix_select(keys, mask, n, k, scratch);
@@ -217,8 +247,8 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, con
     });
   });
   for (int64_t row = 0; row < rows; ++row) {
-    TORCH_CHECK(status[row] != 1, "row_topk_mask: scores contain NaN in slice ", row);
-    TORCH_CHECK(status[row] != 2, "row_topk_mask: k = ", k[row].item<int64_t>(), " for slice ", row,
+    TORCH_CHECK_VALUE(status[row] != 1, "row_topk_mask: scores contain NaN in slice ", row);
+    TORCH_CHECK_VALUE(status[row] != 2, "row_topk_mask: k = ", k[row].item<int64_t>(), " for slice ", row,
                 ", which has ", candidates[row], " candidates (k must be in [0, ", candidates[row], "])");
   }
   return {out, threshold};
@@ -267,11 +297,11 @@ void global_select(const std::vector<const scalar_t*>& x_data, const std::vector
       while (!(std::isnan(static_cast<double>(x_data[sp.tensor][at])) &&
                (!mask_data[sp.tensor] || mask_data[sp.tensor][at])))
         ++at;
-      TORCH_CHECK(false, "global_topk_masks: tensor ", sp.tensor, " contains NaN at flat index ", at);
+      TORCH_CHECK_VALUE(false, "global_topk_masks: tensor ", sp.tensor, " contains NaN at flat index ", at);
     }
     total += span_candidates[s];
   }
-  TORCH_CHECK(k >= 0 && k <= total, "global_topk_masks: k = ", k, " but the tensors hold ", total,
+  TORCH_CHECK_VALUE(k >= 0 && k <= total, "global_topk_masks: k = ", k, " but the tensors hold ", total,
               " candidates (k must be in [0, ", total, "])");
 
   // Radix selection, kGlobalDigitBits a pass over all tensors, one histogram per thread.
