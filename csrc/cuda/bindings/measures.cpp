@@ -6,39 +6,11 @@
 
 #include <cmath>
 
+#include "cuda/bindings/common.h"
 #include "cuda/kernels/measures.cuh"
 
 namespace lqk::cuda {
 namespace {
-
-DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kHalf: return DType::kHalf;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kFloat: return DType::kFloat;
-    case at::kDouble: return DType::kDouble;
-    default: TORCH_CHECK(false, "lqkernels: unsupported dtype ", t.scalar_type(),
-                         " (float16, bfloat16, float32 or float64)");
-  }
-}
-
-void check_rows(const at::Tensor& x, const std::optional<at::Tensor>& mask, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 2, op, ": expects a (rows, n) tensor, got shape ", x.sizes());
-  dtype_of(x);
-  if (mask) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": mask must be bool, got ",
-                mask->scalar_type());
-    TORCH_CHECK(mask->sizes() == x.sizes(), op, ": mask shape ", mask->sizes(),
-                " does not match x shape ", x.sizes());
-    TORCH_CHECK(mask->device() == x.device(), op, ": mask is on ", mask->device(),
-                " but x is on ", x.device());
-  }
-}
-
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cuda(
     const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in, at::ArrayRef<double> qs_in) {

@@ -2,9 +2,7 @@
 // keeps an online state (running max `scale`, sums of (|x| / scale)^q), loads kUnroll elements at
 // a time (independent loads keep many bytes in flight), rescales only when a tile raises its max,
 // and the block merges the thread states with warp shuffles.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "cuda/kernels/dtype.cuh"
 #include "cuda/kernels/measures.cuh"
 
 namespace lqk::cuda {
@@ -12,14 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 8;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
 
 __device__ __forceinline__ float fast_log2(float r) { return __log2f(r); }
 __device__ __forceinline__ double fast_log2(double r) { return log2(r); }
@@ -268,17 +258,6 @@ cudaError_t launch_row_gini(const void* sorted, int64_t rows, int64_t n, void* o
   row_gini_kernel<scalar_t, acc_t><<<rows, kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(sorted), n, static_cast<acc_t*>(out));
   return cudaGetLastError();
-}
-
-template <template <typename> class Launch, typename... Args>
-cudaError_t dispatch(DType dtype, Args&&... args) {
-  switch (dtype) {
-    case DType::kHalf: return Launch<__half>::run(args...);
-    case DType::kBFloat16: return Launch<__nv_bfloat16>::run(args...);
-    case DType::kFloat: return Launch<float>::run(args...);
-    case DType::kDouble: return Launch<double>::run(args...);
-  }
-  return cudaErrorInvalidValue;
 }
 
 template <typename T> struct PowSumLaunch {
