@@ -5,32 +5,14 @@ peers, and each result's relative error against float64.
     python benchmarks/gpu_measures.py --out $OUT/gpu_measures.md
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-import triton.testing
+from gpu_common import copy_bandwidth, header, median_ms, rel_err, write
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from lqkernels import ops  # noqa: E402
-from peers import torch_lq_norm, torch_pq_index  # noqa: E402
+from lqkernels import ops
+from peers import torch_lq_norm, torch_pq_index
 
 ROWS, COLS = 14336, 4096
-
-
-def median_ms(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second by a large device-to-device copy."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / (median_ms(lambda: dst.copy_(src)) * 1e-3)
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((got.double() - ref).norm() / ref.norm()).item()
 
 
 def main() -> None:
@@ -38,7 +20,7 @@ def main() -> None:
     parser.add_argument("--out", default="out/gpu_measures.md")
     args = parser.parse_args()
     bw = copy_bandwidth()
-    lines = [f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}",
+    lines = [header(),
              f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s; W = {ROWS} x {COLS}, dim=1 unless noted", "",
              "| op | dtype | backend | time (us) | read GB/s | % of copy BW | peer (us) | peer / ours | rel err vs fp64 |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -65,10 +47,7 @@ def main() -> None:
                 lines.append(f"| {name} | {str(dtype)[6:]} | {backend} | {ms * 1e3:.1f} | {read / 1e9:.0f} | "
                              f"{100 * read / bw:.0f}% | {peer_ms * 1e3:.1f} | {peer_ms / ms:.2f}x | {err:.1e} |")
             print(lines[-2], lines[-1], sep="\n", flush=True)
-    text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
-    print(text)
+    write(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ def _reduced_dims(ndim: int, dim: Dim, op: str) -> list[int]:
     rank = max(ndim, 1)  # a 0-d tensor reduces like a 1-element vector, as in torch
     if dim is None:
         return list(range(rank))
-    dims = [dim] if isinstance(dim, int) and not isinstance(dim, bool) else list(dim)
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        dims = [dim]
+    elif isinstance(dim, (tuple, list)):
+        dims = list(dim)
+    else:
+        raise TypeError(f"{op}: dim must be None, an int or a tuple of ints, got {dim!r}")
     if not dims:
         raise ValueError(f"{op}: dim=() reduces nothing; pass None to reduce every dim")
     out = []
@@ -75,13 +80,14 @@ def _as_rows(x: torch.Tensor, dim: Dim, mask: torch.Tensor | None, op: str):
     """(x2d, mask2d, out_shape, keepdim_shape): the reduced dims flattened into rows of x2d."""
     check_scores(x, op)
     check_mask(mask, x, op)
-    if x.dim() == 0:
+    scalar = x.dim() == 0
+    if scalar:
         x = x.reshape(1)
         mask = mask.reshape(1) if mask is not None else None
-    reduced = _reduced_dims(x.dim(), dim, op)
+    reduced = _reduced_dims(0 if scalar else x.dim(), dim, op)
     kept = [d for d in range(x.dim()) if d not in reduced]
     out_shape = [x.shape[d] for d in kept]
-    keep_shape = [1 if d in reduced else x.shape[d] for d in range(x.dim())]
+    keep_shape = [] if scalar else [1 if d in reduced else x.shape[d] for d in range(x.dim())]
     rows = math.prod(out_shape)
     n = math.prod([x.shape[d] for d in reduced])
     perm = kept + reduced
@@ -95,7 +101,9 @@ def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: st
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
     chosen = _backend.resolve("row_powsum", backend, x.device)
     sums, count, scale = _backend.kernel("row_powsum", chosen)(x2d, mask2d, qs)
-    return sums, count, scale, out_shape, keep_shape
+    # The O(rows) finalize runs in float64: scale^q and T^(1/q) leave float32's range for small q
+    # even when the result is representable (‖1e-30 · 1‖_{0.1} over 10^4 entries is 1e10).
+    return sums.double(), count, scale.double(), out_shape, keep_shape
 
 
 def _shaped(values: torch.Tensor, dtype, out_shape, keep_shape, keepdim: bool) -> torch.Tensor:
@@ -132,7 +140,7 @@ def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: to
     t, count, scale, out_shape, _ = _row_stats(x, dim, mask, qs, backend, op)
     q = torch.tensor(qs, dtype=t.dtype, device=t.device)[:, None]
     sums = torch.where(t == 0, 0.0, scale[None, :].pow(q) * t)  # 0 · inf never happens
-    return PowSums(sums.reshape([len(qs)] + out_shape), count.reshape(out_shape))
+    return PowSums(sums.to(_ops.acc_dtype(x.dtype)).reshape([len(qs)] + out_shape), count.reshape(out_shape))
 
 
 def lq_norm(x: torch.Tensor, q: float, dim: Dim = None, keepdim: bool = False, *,

@@ -12,3 +12,30 @@ def torch_pq_index(w: torch.Tensor, p: float = 0.5, q: float = 1.0, dim=None) ->
     """PQ Index as in the authors' code: two vector_norm calls (two passes over w)."""
     d = w.numel() if dim is None else w.shape[dim]
     return 1 - d ** (1 / q - 1 / p) * torch.linalg.vector_norm(w, p, dim=dim) / torch.linalg.vector_norm(w, q, dim=dim)
+
+
+def torch_rowwise_topk_mask(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per-row k without lqkernels: sort |w| per row, gather the k_i-th value, compare."""
+    a = w.abs()
+    ranked = a.sort(dim=1, descending=True).values
+    threshold = ranked.gather(1, (k - 1).clamp_min(0)[:, None])
+    return (a >= threshold) & (k[:, None] > 0)
+
+
+def torch_kthvalue_mask(w: torch.Tensor, k: int) -> torch.Tensor:
+    """One k for every row (torch has no per-row k): kthvalue of |w|, then a compare."""
+    a = w.abs()
+    return a >= torch.kthvalue(a, a.shape[1] - k + 1, dim=1, keepdim=True).values
+
+
+def torch_topk_rows_mask(w: torch.Tensor, k: int) -> torch.Tensor:
+    """torch.topk-based per-row selection (one k for all rows), scattered into a mask."""
+    out = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    return out.scatter_(1, w.abs().topk(k, dim=1).indices, True)
+
+
+def torch_global_masks(tensors, k: int):
+    """Global magnitude pruning as users do it: kthvalue over the concatenation, then compares."""
+    flat = torch.cat([t.abs().flatten() for t in tensors])
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    return [t.abs() >= threshold for t in tensors]

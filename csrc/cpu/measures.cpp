@@ -173,7 +173,12 @@ void accumulate_row(const scalar_t* x, const bool* mask, int64_t begin, int64_t 
     }
     if (chunk_max > state.scale) state.raise_scale(chunk_max, qs);
     if (state.scale == 0 || std::isinf(state.scale)) continue;  // all zero, or finite after inf
-    const acc_t inv = acc_t(1) / state.scale;
+    acc_t inv = acc_t(1) / state.scale;
+    if (std::isinf(inv)) {  // a subnormal maximum: lift the chunk into the normal range first
+      const acc_t lift = sizeof(acc_t) == sizeof(float) ? acc_t(0x1p64) : acc_t(0x1p128);
+      for (int i = 0; i < n; ++i) a[i] *= lift;
+      inv = acc_t(1) / (state.scale * lift);
+    }
     if (qs.any_general) {
       if constexpr (std::is_same_v<acc_t, float>) {
 #pragma omp simd
@@ -230,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
     // Few long rows (a whole tensor reduced at once) are split so every thread has work.
     const int64_t threads = at::get_num_threads();
     const int64_t splits =
-        rows >= threads ? 1 : std::max<int64_t>(1, std::min((threads + rows - 1) / rows, n / 65536));
+        rows == 0 || rows >= threads ? 1 : std::max<int64_t>(1, std::min((threads + rows - 1) / rows, n / 65536));
     const int64_t span = (n + splits - 1) / std::max<int64_t>(splits, 1);
     std::vector<PowSumState<acc_t>> parts(rows * splits);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

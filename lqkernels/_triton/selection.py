@@ -40,6 +40,16 @@ def _order_key(x, MAGNITUDE: tl.constexpr, LARGEST: tl.constexpr, KEY: tl.conste
 
 
 @triton.jit
+def _candidate_keys(x_ptr, mask_ptr, offsets, inside, HAS_MASK: tl.constexpr, MAGNITUDE: tl.constexpr,
+                    LARGEST: tl.constexpr, KEY: tl.constexpr, KEY_BITS: tl.constexpr):
+    """(candidate flags, order keys) of the scores at `offsets` (where `inside`)."""
+    cand = inside
+    if HAS_MASK:
+        cand = cand & (tl.load(mask_ptr + offsets, mask=inside, other=0) != 0)
+    return cand, _order_key(tl.load(x_ptr + offsets, mask=cand, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+
+
+@triton.jit
 def _row_topk_kernel(x_ptr, k_ptr, mask_ptr, out_ptr, kth_ptr, n, HAS_MASK: tl.constexpr,
                      MAGNITUDE: tl.constexpr, LARGEST: tl.constexpr, KEY: tl.constexpr,
                      KEY_BITS: tl.constexpr, BLOCK: tl.constexpr):
@@ -64,19 +74,13 @@ def _row_topk_kernel(x_ptr, k_ptr, mask_ptr, out_ptr, kth_ptr, n, HAS_MASK: tl.c
     above_total = tl.zeros([], dtype=tl.int64)
     for start in range(0, n, BLOCK):
         idx = start + offs
-        cand = idx < n
-        if HAS_MASK:
-            cand = cand & (tl.load(mask_ptr + base + idx, mask=idx < n, other=0) != 0)
-        key = _order_key(tl.load(x_ptr + base + idx, mask=cand, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+        cand, key = _candidate_keys(x_ptr, mask_ptr, base + idx, idx < n, HAS_MASK, MAGNITUDE, LARGEST, KEY, KEY_BITS)
         above_total += tl.sum((cand & (key > kth)).to(tl.int64), 0)
     take = k - above_total
     tied_before = tl.zeros([], dtype=tl.int64)
     for start in range(0, n, BLOCK):
         idx = start + offs
-        cand = idx < n
-        if HAS_MASK:
-            cand = cand & (tl.load(mask_ptr + base + idx, mask=idx < n, other=0) != 0)
-        key = _order_key(tl.load(x_ptr + base + idx, mask=cand, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+        cand, key = _candidate_keys(x_ptr, mask_ptr, base + idx, idx < n, HAS_MASK, MAGNITUDE, LARGEST, KEY, KEY_BITS)
         tie = cand & (key == kth)
         rank = tied_before + tl.cumsum(tie.to(tl.int64), 0)
         keep = (cand & (key > kth)) | (tie & (rank <= take))
@@ -133,10 +137,7 @@ def _digit_histogram_kernel(x_ptr, mask_ptr, numel, prefix_ptr, decided, hist_pt
     """Counts the candidates whose key agrees with the prefix on the `decided` bits, by their
     digit (key >> shift) & digit_mask."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    cand = idx < numel
-    if HAS_MASK:
-        cand = cand & (tl.load(mask_ptr + idx, mask=idx < numel, other=0) != 0)
-    key = _order_key(tl.load(x_ptr + idx, mask=cand, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+    cand, key = _candidate_keys(x_ptr, mask_ptr, idx, idx < numel, HAS_MASK, MAGNITUDE, LARGEST, KEY, KEY_BITS)
     decided = decided.to(KEY)
     agrees = (key & decided) == (tl.load(prefix_ptr).to(KEY, bitcast=True) & decided)
     digit = ((key >> shift) & digit_mask).to(tl.int32)
@@ -151,10 +152,7 @@ def _mark_kernel(x_ptr, mask_ptr, numel, kth_ptr, out_ptr, ties_ptr, budget_ptr,
     (TIES_ONLY): marks the first `budget` ties of each block."""
     block = tl.program_id(0)
     idx = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    cand = idx < numel
-    if HAS_MASK:
-        cand = cand & (tl.load(mask_ptr + idx, mask=idx < numel, other=0) != 0)
-    key = _order_key(tl.load(x_ptr + idx, mask=cand, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+    cand, key = _candidate_keys(x_ptr, mask_ptr, idx, idx < numel, HAS_MASK, MAGNITUDE, LARGEST, KEY, KEY_BITS)
     kth = tl.load(kth_ptr).to(KEY, bitcast=True)
     tie = cand & (key == kth)
     if TIES_ONLY:

@@ -134,10 +134,12 @@ row_powsum_kernel(const scalar_t* __restrict__ x, const bool* __restrict__ mask,
     if (tile_max > st.scale) st.raise_scale(tile_max, qs);
     if (st.scale == acc_t(0)) continue;
     const bool inf_scale = isinf(st.scale);
-    const acc_t inv = acc_t(1) / st.scale;
+    // A subnormal maximum has no finite reciprocal: lift magnitudes into the normal range first.
+    const acc_t lift = isinf(acc_t(1) / st.scale) ? acc_t(sizeof(acc_t) == 4 ? 0x1p64 : 0x1p128) : acc_t(1);
+    const acc_t inv = acc_t(1) / (st.scale * lift);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const acc_t r = inf_scale ? acc_t(isinf(a[u]) ? 1 : 0) : a[u] * inv;
+      const acc_t r = inf_scale ? acc_t(isinf(a[u]) ? 1 : 0) : (a[u] * lift) * inv;
       const acc_t log2r = fast_log2(r);  // unused (and dead-code eliminated) for special exponents
 #pragma unroll
       for (int j = 0; j < kMaxExponents; ++j)
@@ -213,24 +215,25 @@ cudaError_t launch_row_powsum(const void* x, const bool* mask, int64_t rows, int
 }
 
 // One block per row of magnitudes sorted ascending, pruned entries negative and first:
-// gini = 1 - 2 sum_pos c_pos (n - pos - 1/2) / (d sum c), on c / max so float sums cannot overflow.
+// gini = 1 - 2 sum_pos c_pos (n - pos - 1/2) / (d sum c), on c / max, summed in double (a whole
+// tensor's weighted sum in float32 drifts past 1e-5).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 row_gini_kernel(const scalar_t* __restrict__ sorted, int64_t n, acc_t* __restrict__ out) {
   const scalar_t* sr = sorted + blockIdx.x * n;
-  const acc_t largest = n > 0 ? to_acc(sr[n - 1]) : acc_t(0);  // NaN sorts last
+  const double largest = n > 0 ? to_acc(sr[n - 1]) : 0.0;  // NaN sorts last
   const bool inf_max = isinf(largest);
-  const acc_t inv = largest > acc_t(0) ? acc_t(1) / largest : acc_t(0);
-  acc_t total = 0, weighted = 0, survivors = 0;
+  const double inv = largest > 0 ? 1.0 / largest : 0.0;
+  double total = 0, weighted = 0, survivors = 0;
   for (int64_t pos = threadIdx.x; pos < n; pos += kThreads) {
-    const acc_t v = to_acc(sr[pos]);
-    if (!(v >= acc_t(0))) continue;  // pruned
-    const acc_t c = inf_max ? acc_t(isinf(v) ? 1 : 0) : v * inv;
+    const double v = to_acc(sr[pos]);
+    if (!(v >= 0)) continue;  // pruned
+    const double c = inf_max ? (isinf(v) ? 1.0 : 0.0) : v * inv;
     total += c;
-    weighted += c * (acc_t(n - pos) - acc_t(0.5));
+    weighted += c * (double(n - pos) - 0.5);
     survivors += 1;
   }
-  __shared__ acc_t sh[3][kThreads];
+  __shared__ double sh[3][kThreads];
   sh[0][threadIdx.x] = total;
   sh[1][threadIdx.x] = weighted;
   sh[2][threadIdx.x] = survivors;
@@ -244,9 +247,8 @@ row_gini_kernel(const scalar_t* __restrict__ sorted, int64_t n, acc_t* __restric
     total = sh[0][0];
     weighted = sh[1][0];
     survivors = sh[2][0];
-    out[blockIdx.x] = largest != largest ? largest
-                      : total > acc_t(0) ? acc_t(1) - acc_t(2) * weighted / (survivors * total)
-                                         : acc_t(0);
+    out[blockIdx.x] = static_cast<acc_t>(largest != largest ? largest
+                      : total > 0 ? 1.0 - 2.0 * weighted / (survivors * total) : 0.0);
   }
 }
 

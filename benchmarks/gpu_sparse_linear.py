@@ -1,0 +1,86 @@
+"""GPU benchmark of SparseLinear (issue 4's H200 claims), timed with triton.testing.do_bench
+(median) against cuBLAS (dense F.linear on W * mask) in the same run:
+
+  * decode: bf16, W = 14336 x 4096, batch 1-64, sparsity 50/70/90/95%: bitmap and csr16 on the
+    CUDA C++ and Triton backends, "auto", and the bytes each reads against the copy bandwidth;
+  * block-sparse: batch 4096, 90% of 32x32 blocks empty: bsr (Triton tl.dot) against cuBLAS;
+  * 2:4 (nm_mask-style) weights: torch's semi-structured sparsity against cuBLAS, to decide
+    whether N:M layers should use it (it is not wired into SparseLinear until this is measured).
+Relative errors against float64 are reported with each time. Budget: about a minute.
+
+    python benchmarks/gpu_sparse_linear.py --out $OUT/gpu_sparse_linear.md
+"""
+import argparse
+
+import torch
+from gpu_common import copy_bandwidth, header, median_ms, rel_err, write
+from torch.nn import functional as F
+
+from lqkernels.nn import SparseLinear
+
+OUT_FEATURES, IN_FEATURES = 14336, 4096
+
+
+def masked_layer(mask: torch.Tensor, gen: torch.Generator):
+    linear = torch.nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, device="cuda", generator=gen))
+    return linear, (linear.weight * mask).detach()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="out/gpu_sparse_linear.md")
+    args = parser.parse_args()
+    bw = copy_bandwidth()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    lines = [header(), f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s; W = {OUT_FEATURES} x {IN_FEATURES} bf16", "",
+             "| case | batch | kernel | time (us) | cuBLAS (us) | cuBLAS / ours | weight bytes read, % of copy BW | rel err vs fp64 |",
+             "|---|---|---|---|---|---|---|---|"]
+    with torch.no_grad():
+        for sparsity in (0.5, 0.7, 0.9, 0.95):
+            mask = torch.rand(OUT_FEATURES, IN_FEATURES, device="cuda", generator=gen) >= sparsity
+            linear, masked = masked_layer(mask, gen)
+            layers = {f"{fmt}/{backend}": SparseLinear.from_linear(linear, mask, format=fmt, backend=backend)
+                      for fmt in ("bitmap", "csr16") for backend in ("cuda", "triton")}
+            layers["auto"] = SparseLinear.from_linear(linear, mask, format="auto")
+            for batch in (1, 4, 16, 64):
+                x = torch.randn(batch, IN_FEATURES, device="cuda", dtype=torch.bfloat16, generator=gen)
+                ref = F.linear(x.double(), masked.double())
+                dense = median_ms(lambda: F.linear(x, masked))
+                for name, layer in layers.items():
+                    t = median_ms(lambda: layer(x))
+                    share = layer.nbytes / (t * 1e-3) / (bw / 2)
+                    lines.append(f"| {sparsity:.0%} unstructured | {batch} | {name} ({layer.format}) | {t * 1e3:.1f} | "
+                                 f"{dense * 1e3:.1f} | {dense / t:.2f} | {layer.nbytes / 1e6:.1f} MB, {share:.0%} | "
+                                 f"{rel_err(layer(x), ref):.1e} |")
+            del layers
+        # Block-sparse at large batch: 90% of the 32x32 blocks empty, the rest fully kept.
+        blocks = torch.rand(OUT_FEATURES // 32, IN_FEATURES // 32, device="cuda", generator=gen) >= 0.9
+        mask = blocks.repeat_interleave(32, 0).repeat_interleave(32, 1)
+        linear, masked = masked_layer(mask, gen)
+        bsr = SparseLinear.from_linear(linear, mask, format="bsr")
+        for batch in (512, 4096):
+            x = torch.randn(batch, IN_FEATURES, device="cuda", dtype=torch.bfloat16, generator=gen)
+            dense, t = median_ms(lambda: F.linear(x, masked)), median_ms(lambda: bsr(x))
+            lines.append(f"| 90% empty 32x32 blocks | {batch} | bsr/triton | {t * 1e3:.1f} | {dense * 1e3:.1f} | "
+                         f"{dense / t:.2f} | {bsr.nbytes / 1e6:.1f} MB | "
+                         f"{rel_err(bsr(x), F.linear(x.double(), masked.double())):.1e} |")
+        # 2:4 weights through torch's semi-structured sparsity (cuSPARSELt / CUTLASS).
+        groups = torch.randn(OUT_FEATURES, IN_FEATURES // 4, 4, device="cuda", generator=gen).abs()
+        keep = groups >= groups.topk(2, -1).values[..., 1:]
+        linear, masked = masked_layer(keep.flatten(1), gen)
+        try:
+            semi = torch.sparse.to_sparse_semi_structured(masked)
+            for batch in (16, 64, 4096):
+                x = torch.randn(batch, IN_FEATURES, device="cuda", dtype=torch.bfloat16, generator=gen)
+                dense, t = median_ms(lambda: F.linear(x, masked)), median_ms(lambda: F.linear(x, semi))
+                lines.append(f"| 2:4 semi-structured (torch) | {batch} | torch | {t * 1e3:.1f} | {dense * 1e3:.1f} | "
+                             f"{dense / t:.2f} | | {rel_err(F.linear(x, semi), F.linear(x.double(), masked.double())):.1e} |")
+        except (RuntimeError, NotImplementedError) as err:
+            lines.append(f"| 2:4 semi-structured (torch) | - | unavailable: {str(err).splitlines()[0][:80]} | | | | | |")
+    write(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
