@@ -285,40 +285,42 @@ void global_select(const std::vector<const scalar_t*>& x_data, const std::vector
     });
   };
 
+  // Radix selection, kGlobalDigitBits a pass over all tensors, one histogram per thread. The
+  // first pass also counts candidates and NaNs (the span is still in L2 for its keys).
   std::vector<int64_t> span_candidates(num_spans), span_nans(num_spans);
-  for_spans([&](int64_t s, const Span&, const scalar_t* x, const bool* mask, int64_t n, Key*) {
-    std::tie(span_candidates[s], span_nans[s]) = count_candidates(x, mask, n);
-  });
-  int64_t total = 0;
-  for (int64_t s = 0; s < num_spans; ++s) {
-    if (span_nans[s]) {
-      const Span& sp = spans[s];
-      int64_t at = sp.begin;
-      while (!(std::isnan(static_cast<double>(x_data[sp.tensor][at])) &&
-               (!mask_data[sp.tensor] || mask_data[sp.tensor][at])))
-        ++at;
-      TORCH_CHECK_VALUE(false, "global_topk_masks: tensor ", sp.tensor, " contains NaN at flat index ", at);
-    }
-    total += span_candidates[s];
-  }
-  TORCH_CHECK_VALUE(k >= 0 && k <= total, "global_topk_masks: k = ", k, " but the tensors hold ", total,
-              " candidates (k must be in [0, ", total, "])");
-
-  // Radix selection, kGlobalDigitBits a pass over all tensors, one histogram per thread.
   Boundary<Key> b;
   b.take = k;
   Key prefix_mask = 0;
   const int threads = at::get_num_threads();
   std::vector<int64_t> histograms(static_cast<size_t>(threads) * digits);
-  for (int shift = key_bits - kGlobalDigitBits; shift >= 0 && k > 0; shift -= kGlobalDigitBits) {
+  for (int shift = key_bits - kGlobalDigitBits; shift >= 0; shift -= kGlobalDigitBits) {
+    const bool first = prefix_mask == 0;
     std::fill(histograms.begin(), histograms.end(), 0);
-    for_spans([&](int64_t, const Span&, const scalar_t* x, const bool* mask, int64_t n, Key* keys) {
+    for_spans([&](int64_t s, const Span&, const scalar_t* x, const bool* mask, int64_t n, Key* keys) {
+      if (first) std::tie(span_candidates[s], span_nans[s]) = count_candidates(x, mask, n);
       int64_t* histogram = histograms.data() + static_cast<size_t>(at::get_thread_num()) * digits;
       compute_keys<scalar_t, kMagnitude, kLargest>(x, n, keys);
       for (int64_t i = 0; i < n; ++i)
         if ((keys[i] & prefix_mask) == b.kth && (!mask || mask[i]))
           ++histogram[(keys[i] >> shift) & (digits - 1)];
     });
+    if (first) {
+      int64_t total = 0;
+      for (int64_t s = 0; s < num_spans; ++s) {
+        if (span_nans[s]) {
+          const Span& sp = spans[s];
+          int64_t at = sp.begin;
+          while (!(std::isnan(static_cast<double>(x_data[sp.tensor][at])) &&
+                   (!mask_data[sp.tensor] || mask_data[sp.tensor][at])))
+            ++at;
+          TORCH_CHECK_VALUE(false, "global_topk_masks: tensor ", sp.tensor, " contains NaN at flat index ", at);
+        }
+        total += span_candidates[s];
+      }
+      TORCH_CHECK_VALUE(k >= 0 && k <= total, "global_topk_masks: k = ", k, " but the tensors hold ",
+                        total, " candidates (k must be in [0, ", total, "])");
+      if (k == 0) break;
+    }
     for (int t = 1; t < threads; ++t)
       for (int64_t d = 0; d < digits; ++d) histograms[d] += histograms[t * digits + d];
     b.kth |= static_cast<Key>(select_digit<int64_t>(histograms.data(), digits, b.take)) << shift;
