@@ -192,6 +192,74 @@ void accumulate_row(const scalar_t* x, const bool* mask, int64_t begin, int64_t 
   }
 }
 
+// The common exponents (1, 2, 1/2) in one pass without rescaling: per-lane running max and
+// plain sums of |x|^q, converted to sums relative to the max at the end. Valid when the max lies
+// in [2^-40, 2^40] (no term can overflow, and terms lost to underflow are below 2^-46 of the
+// largest) and no entry is NaN or inf; otherwise returns false and the caller rescales.
+template <bool kMasked, bool kWithOne, bool kWithTwo, bool kWithHalf, typename scalar_t, typename acc_t>
+bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask, int64_t begin,
+                       int64_t end, const Exponents<acc_t>& qs, PowSumState<acc_t>& state) {
+  acc_t s1[kLanes] = {}, s2[kLanes] = {}, sh[kLanes] = {}, mx[kLanes] = {}, probe[kLanes] = {};
+  int64_t survivors = 0;
+  for (int64_t i0 = begin; i0 < end; i0 += kLanes) {
+    const int width = static_cast<int>(std::min<int64_t>(kLanes, end - i0));
+#pragma omp simd reduction(+ : survivors)
+    for (int k = 0; k < width; ++k) {
+      acc_t v = std::abs(static_cast<acc_t>(x[i0 + k]));
+      if constexpr (kMasked) {
+        v = mask[i0 + k] ? v : acc_t(0);
+        survivors += mask[i0 + k];
+      }
+      mx[k] = mx[k] > v ? mx[k] : v;
+      probe[k] += v - v;
+      if constexpr (kWithOne) s1[k] += v;
+      if constexpr (kWithTwo) s2[k] += v * v;
+      if constexpr (kWithHalf) sh[k] += std::sqrt(v);
+    }
+  }
+  double sum1 = 0, sum2 = 0, sumh = 0, largest = 0, nonfinite = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    sum1 += s1[k];
+    sum2 += s2[k];
+    sumh += sh[k];
+    largest = std::max(largest, static_cast<double>(mx[k]));
+    nonfinite += probe[k];
+  }
+  if (nonfinite != 0 || largest > 0x1p40 || (largest > 0 && largest < 0x1p-40)) return false;
+  state.count = kMasked ? survivors : end - begin;
+  state.scale = static_cast<acc_t>(largest);
+  for (int j = 0; j < qs.count; ++j) {
+    const double sum = qs.kind[j] == kOne ? sum1 : qs.kind[j] == kTwo ? sum2 : sumh;
+    state.sums[j] = largest > 0 ? static_cast<acc_t>(sum / std::pow(largest, static_cast<double>(qs.value[j]))) : 0;
+  }
+  return true;
+}
+
+// State of elements [begin, end) of one row: the one-pass direct sums where they apply, else
+// the rescaling pass.
+template <typename scalar_t, typename acc_t>
+PowSumState<acc_t> row_state(const scalar_t* x, const bool* mask, int64_t begin, int64_t end,
+                             const Exponents<acc_t>& qs, int kinds) {
+  using Direct = bool (*)(const scalar_t*, const bool*, int64_t, int64_t, const Exponents<acc_t>&,
+                          PowSumState<acc_t>&);
+  // Indexed by [masked][kinds], kinds a bit set of {1: one, 2: two, 4: half}.
+  static constexpr Direct direct[2][8] = {
+      {nullptr, accumulate_direct<false, true, false, false, scalar_t, acc_t>,
+       accumulate_direct<false, false, true, false, scalar_t, acc_t>, accumulate_direct<false, true, true, false, scalar_t, acc_t>,
+       accumulate_direct<false, false, false, true, scalar_t, acc_t>, accumulate_direct<false, true, false, true, scalar_t, acc_t>,
+       accumulate_direct<false, false, true, true, scalar_t, acc_t>, accumulate_direct<false, true, true, true, scalar_t, acc_t>},
+      {nullptr, accumulate_direct<true, true, false, false, scalar_t, acc_t>,
+       accumulate_direct<true, false, true, false, scalar_t, acc_t>, accumulate_direct<true, true, true, false, scalar_t, acc_t>,
+       accumulate_direct<true, false, false, true, scalar_t, acc_t>, accumulate_direct<true, true, false, true, scalar_t, acc_t>,
+       accumulate_direct<true, false, true, true, scalar_t, acc_t>, accumulate_direct<true, true, true, true, scalar_t, acc_t>}};
+  PowSumState<acc_t> state;
+  const Direct fast = kinds >= 0 ? direct[mask != nullptr][kinds] : nullptr;
+  if (fast && fast(x, mask, begin, end, qs, state)) return state;
+  state = PowSumState<acc_t>();
+  accumulate_row(x, mask, begin, end, qs, state);
+  return state;
+}
+
 void check_rows(const at::Tensor& x, const std::optional<at::Tensor>& mask, const char* op) {
   TORCH_CHECK(x.dim() == 2, op, ": expects a (rows, n) tensor, got shape ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ",
@@ -232,6 +300,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
       qs.kind[j] = exponent_kind(qs_in[j]);
       qs.any_general |= qs.kind[j] == kGeneral;
     }
+    // Bit set of the special exponents for the one-pass path; -1 if any exponent is general.
+    int kinds = 0;
+    for (int j = 0; j < qs.count; ++j)
+      kinds = qs.kind[j] == kGeneral || kinds < 0 ? -1 : kinds | (qs.kind[j] == kOne ? 1 : qs.kind[j] == kTwo ? 2 : 4);
     // Few long rows (a whole tensor reduced at once) are split so every thread has work.
     const int64_t threads = at::get_num_threads();
     const int64_t splits =
@@ -244,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t row = task / splits, part = task % splits;
         const int64_t begin = std::min(n, part * span), end = std::min(n, begin + span);
-        accumulate_row(xp + row * n, mp ? mp + row * n : nullptr, begin, end, qs, parts[task]);
+        parts[task] = row_state(xp + row * n, mp ? mp + row * n : nullptr, begin, end, qs, kinds);
       }
     });
     acc_t* sp = sums.data_ptr<acc_t>();
