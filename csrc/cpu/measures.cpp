@@ -195,11 +195,12 @@ void accumulate_row(const scalar_t* x, const bool* mask, int64_t begin, int64_t 
 // The common exponents (1, 2, 1/2) in one pass without rescaling: per-lane running max and
 // plain sums of |x|^q, converted to sums relative to the max at the end. Valid when the max lies
 // in [2^-40, 2^40] (no term can overflow, and terms lost to underflow are below 2^-46 of the
-// largest) and no entry is NaN or inf; otherwise returns false and the caller rescales.
+// largest) and no entry is NaN or inf (which would make a sum NaN or inf); otherwise returns
+// false and the caller rescales.
 template <bool kMasked, bool kWithOne, bool kWithTwo, bool kWithHalf, typename scalar_t, typename acc_t>
 bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask, int64_t begin,
                        int64_t end, const Exponents<acc_t>& qs, PowSumState<acc_t>& state) {
-  acc_t s1[kLanes] = {}, s2[kLanes] = {}, sh[kLanes] = {}, mx[kLanes] = {}, probe[kLanes] = {};
+  acc_t s1[kLanes] = {}, s2[kLanes] = {}, sh[kLanes] = {}, mx[kLanes] = {};
   int64_t survivors = 0;
   for (int64_t i0 = begin; i0 < end; i0 += kLanes) {
     const int width = static_cast<int>(std::min<int64_t>(kLanes, end - i0));
@@ -211,21 +212,20 @@ bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask
         survivors += mask[i0 + k];
       }
       mx[k] = mx[k] > v ? mx[k] : v;
-      probe[k] += v - v;
       if constexpr (kWithOne) s1[k] += v;
       if constexpr (kWithTwo) s2[k] += v * v;
       if constexpr (kWithHalf) sh[k] += std::sqrt(v);
     }
   }
-  double sum1 = 0, sum2 = 0, sumh = 0, largest = 0, nonfinite = 0;
+  double sum1 = 0, sum2 = 0, sumh = 0, largest = 0;
   for (int k = 0; k < kLanes; ++k) {
     sum1 += s1[k];
     sum2 += s2[k];
     sumh += sh[k];
     largest = std::max(largest, static_cast<double>(mx[k]));
-    nonfinite += probe[k];
   }
-  if (nonfinite != 0 || largest > 0x1p40 || (largest > 0 && largest < 0x1p-40)) return false;
+  const bool finite = std::isfinite(sum1) && std::isfinite(sum2) && std::isfinite(sumh);
+  if (!finite || largest > 0x1p40 || (largest > 0 && largest < 0x1p-40)) return false;
   state.count = kMasked ? survivors : end - begin;
   state.scale = static_cast<acc_t>(largest);
   for (int j = 0; j < qs.count; ++j) {
