@@ -83,7 +83,7 @@ def _row_topk(scores, k, dim, mask, magnitude, largest, backend, op):
     moved = x.movedim(dim, -1)
     slice_shape = list(moved.shape[:-1])
     k_rows = _per_slice_k(k, slice_shape if scores.dim() else [], scores.device, op)
-    x2d = moved.reshape(-1, moved.shape[-1])
+    x2d = moved.reshape(math.prod(slice_shape), moved.shape[-1])  # not -1: slices may be empty
     m2d = m.movedim(dim, -1).reshape(x2d.shape) if m is not None else None
     chosen = _backend.resolve("row_topk_mask", backend, scores.device)
     if chosen in ("torch", "triton"):

@@ -80,7 +80,15 @@ std::vector<at::Tensor> global_topk_masks_cuda(at::TensorList xs_in,
                  "global_topk_masks");
   const at::Tensor counts = state.cpu();
   const int64_t total = counts[2].item<int64_t>();
-  TORCH_CHECK_VALUE(counts[3].item<int64_t>() == 0, "global_topk_masks: the tensors contain NaN");
+  if (counts[3].item<int64_t>() != 0) {  // the error path: find which tensor, and where
+    for (size_t t = 0; t < xs.size(); ++t) {
+      at::Tensor nan = xs[t].isnan().reshape(-1);
+      if (!masks.empty()) nan.logical_and_(masks[t].reshape(-1));
+      const at::Tensor where = nan.nonzero();
+      TORCH_CHECK_VALUE(where.numel() == 0, "global_topk_masks: tensor ", t, " contains NaN at flat index ",
+                        where[0][0].item<int64_t>());
+    }
+  }
   TORCH_CHECK_VALUE(k >= 0 && k <= total, "global_topk_masks: k = ", k, " but the tensors hold ", total,
                     " candidates (k must be in [0, ", total, "])");
   if (k == 0) return outs;
