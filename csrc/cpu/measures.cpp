@@ -105,6 +105,19 @@ inline acc_t lane_sum(int n, Term term) {
   return s;
 }
 
+// Calls body(i, lane) for i in [begin, end), lane = (i - begin) % kLanes: full blocks of kLanes
+// first (a constant trip count, so lane accumulators vectorise and stay in registers), then the
+// tail.
+template <typename Body>
+inline void for_lanes(int64_t begin, int64_t end, Body body) {
+  int64_t i0 = begin;
+  for (; i0 + kLanes <= end; i0 += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) body(i0 + k, k);
+  }
+  for (int k = 0; i0 < end; ++i0, ++k) body(i0, k);
+}
+
 // Sum over a chunk of (a * inv)^q, with log2(a * inv) precomputed where a general exponent needs it.
 template <typename acc_t>
 acc_t chunk_power_sum(const acc_t* a, acc_t inv, const acc_t* log2r, int n, acc_t q, int kind) {
@@ -135,20 +148,17 @@ void accumulate_row(const scalar_t* x, const bool* mask, int64_t begin, int64_t 
     // Magnitudes into L1, their maximum, and a probe that is NaN exactly when some |x| is NaN or
     // inf (v - v), all with kLanes independent lanes.
     acc_t lane_max[kLanes] = {}, lane_probe[kLanes] = {};
+    int64_t lane_survivors[kLanes] = {};
+    for_lanes(0, n, [&](int64_t i, int k) {
+      const acc_t v = std::abs(static_cast<acc_t>(x[start + i]));
+      const acc_t m = mask ? (mask[start + i] ? v : acc_t(0)) : v;
+      a[i] = m;
+      if (mask) lane_survivors[k] += mask[start + i];
+      lane_max[k] = lane_max[k] > m ? lane_max[k] : m;
+      lane_probe[k] += m - m;
+    });
     int64_t survivors = 0;
-    for (int i0 = 0; i0 < n; i0 += kLanes) {
-      const int width = std::min(kLanes, n - i0);
-#pragma omp simd reduction(+ : survivors)
-      for (int k = 0; k < width; ++k) {
-        const int64_t i = start + i0 + k;
-        const acc_t v = std::abs(static_cast<acc_t>(x[i]));
-        const acc_t m = mask ? (mask[i] ? v : acc_t(0)) : v;
-        a[i0 + k] = m;
-        if (mask) survivors += mask[i];
-        lane_max[k] = lane_max[k] > m ? lane_max[k] : m;
-        lane_probe[k] += m - m;
-      }
-    }
+    for (int k = 0; k < kLanes; ++k) survivors += lane_survivors[k];
     state.count += mask ? survivors : n;
     acc_t chunk_max = 0, probe = 0;
     for (int k = 0; k < kLanes; ++k) {
@@ -201,22 +211,20 @@ template <bool kMasked, bool kWithOne, bool kWithTwo, bool kWithHalf, typename s
 bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask, int64_t begin,
                        int64_t end, const Exponents<acc_t>& qs, PowSumState<acc_t>& state) {
   acc_t s1[kLanes] = {}, s2[kLanes] = {}, sh[kLanes] = {}, mx[kLanes] = {};
-  int64_t survivors = 0;
-  for (int64_t i0 = begin; i0 < end; i0 += kLanes) {
-    const int width = static_cast<int>(std::min<int64_t>(kLanes, end - i0));
-#pragma omp simd reduction(+ : survivors)
-    for (int k = 0; k < width; ++k) {
-      acc_t v = std::abs(static_cast<acc_t>(x[i0 + k]));
-      if constexpr (kMasked) {
-        v = mask[i0 + k] ? v : acc_t(0);
-        survivors += mask[i0 + k];
-      }
-      mx[k] = mx[k] > v ? mx[k] : v;
-      if constexpr (kWithOne) s1[k] += v;
-      if constexpr (kWithTwo) s2[k] += v * v;
-      if constexpr (kWithHalf) sh[k] += std::sqrt(v);
+  int64_t lane_survivors[kLanes] = {};
+  for_lanes(begin, end, [&](int64_t i, int k) {
+    acc_t v = std::abs(static_cast<acc_t>(x[i]));
+    if constexpr (kMasked) {
+      v = mask[i] ? v : acc_t(0);
+      lane_survivors[k] += mask[i];
     }
-  }
+    mx[k] = mx[k] > v ? mx[k] : v;
+    if constexpr (kWithOne) s1[k] += v;
+    if constexpr (kWithTwo) s2[k] += v * v;
+    if constexpr (kWithHalf) sh[k] += std::sqrt(v);
+  });
+  int64_t survivors = 0;
+  for (int k = 0; k < kLanes; ++k) survivors += lane_survivors[k];
   double sum1 = 0, sum2 = 0, sumh = 0, largest = 0;
   for (int k = 0; k < kLanes; ++k) {
     sum1 += s1[k];
