@@ -50,7 +50,7 @@ def main() -> None:
                 dense = median_ms(lambda: F.linear(x, masked))
                 for name, layer in layers.items():
                     t = median_ms(lambda: layer(x))
-                    share = layer.nbytes / (t * 1e-3) / (bw / 2)
+                    share = layer.nbytes / (t * 1e-3) / bw  # bytes read per second over copy traffic
                     lines.append(f"| {sparsity:.0%} unstructured | {batch} | {name} ({layer.format}) | {t * 1e3:.1f} | "
                                  f"{dense * 1e3:.1f} | {dense / t:.2f} | {layer.nbytes / 1e6:.1f} MB, {share:.0%} | "
                                  f"{rel_err(layer(x), ref):.1e} |")

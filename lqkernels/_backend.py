@@ -46,17 +46,18 @@ if native is None:
                   stacklevel=2)
 
 
-def _load_triton():
-    loaded, errors = [], {}
+def _load_triton() -> dict:
+    """Imports every Triton family (registering its ops); returns the import errors by family."""
+    errors = {}
     for family in TRITON_FAMILIES:
         try:
-            loaded.append(importlib.import_module(f"lqkernels._triton.{family}"))
+            importlib.import_module(f"lqkernels._triton.{family}")
         except Exception as err:  # no triton, or one too old for these kernels
             errors[family] = err
-    return loaded, errors
+    return errors
 
 
-triton_kernels, triton_errors = _load_triton()
+triton_errors = _load_triton()
 
 
 def available(backend: str, device_type: str, op: str) -> str | None:

@@ -303,10 +303,13 @@ def _bsr_block_rows(block_row_offsets, blocks: int):
                                    block_row_offsets.diff(), output_size=blocks)
 
 
-def bsr_to_dense(values, block_row_offsets, block_columns, out_features: int, in_features: int):
+def bsr_to_dense(values, block_row_offsets, block_columns, block_mask, out_features: int, in_features: int):
+    """W * mask from the bsr format; differentiable in `values`, with zero gradient outside the
+    block mask (so the reference trains exactly like the kernels' shared backward)."""
     b = BSR_BLOCK
+    kept = values * _unpack_bits(block_mask.unsqueeze(-1), b).to(values.dtype)
     grid = values.new_zeros(block_row_offsets.shape[0] - 1, (in_features + b - 1) // b, b, b)
-    grid = grid.index_put((_bsr_block_rows(block_row_offsets, values.shape[0]), block_columns.long()), values)
+    grid = grid.index_put((_bsr_block_rows(block_row_offsets, values.shape[0]), block_columns.long()), kept)
     return grid.transpose(1, 2).flatten(0, 1).flatten(1)[:out_features, :in_features]
 
 
@@ -331,7 +334,7 @@ def _sparse_to_dense(fmt: str, values, offsets, index, out_features: int, in_fea
         return bitmap_to_dense(values, offsets, index[0], in_features)
     if fmt == "csr16":
         return csr16_to_dense(values, offsets, index[0], in_features)
-    return bsr_to_dense(values, offsets, index[0], out_features, in_features)
+    return bsr_to_dense(values, offsets, index[0], index[1], out_features, in_features)
 
 
 def bitmap_linear_reference(x, values, row_offsets, bitmap, bias):
@@ -346,7 +349,7 @@ def csr16_linear_reference(x, values, row_offsets, columns, bias):
 
 def bsr_linear_reference(x, values, block_row_offsets, block_columns, block_mask, bias, out_features):
     _check_bsr(x, values, block_row_offsets, block_columns, block_mask, bias, out_features)
-    w = bsr_to_dense(values, block_row_offsets, block_columns, out_features, x.shape[1])
+    w = bsr_to_dense(values, block_row_offsets, block_columns, block_mask, out_features, x.shape[1])
     return torch.nn.functional.linear(x, w, bias)
 
 

@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from lqkernels import ops
+from lqkernels import ops, prune
 
 # The main (p, q) pair of Diao et al. pairs p with q = 1; the demo's --q plays the role of p.
 _PQI_Q = 1.0
@@ -96,41 +96,17 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, p.detach()) for name, p in model.named_parameters() if "weight" in name and p.dim() > 1]
 
 
-def _keep_ratio(pqi: float, q: float) -> float:
-    """SAP keep ratio at η = 0 for (p, q) = (q, 1): (1 − I)^{q/(1−q)}; 1 − I for q = 0.5."""
-    return (1.0 - pqi) ** (q / (1.0 - q))
-
-
-def _measures(name: str, w: torch.Tensor, q: float) -> dict:
-    """One table row: every measure over the whole tensor (dim=None, i.e. layer scope)."""
-    pqi = ops.pq_index(w, p=q, q=_PQI_Q).item()
-    return {
-        "layer": name,
-        "shape": "x".join(map(str, w.shape)),
-        "params": w.numel(),
-        "q": q,
-        "lq_norm": ops.lq_norm(w, q).item(),
-        "si": ops.sparsity_index(w, q).item(),
-        "pqi": pqi,
-        "hoyer": ops.hoyer(w).item(),
-        "gini": ops.gini(w).item(),
-        "keep_ratio": _keep_ratio(pqi, q),
-    }
-
-
 def compressibility_table(model: nn.Module, q: float = 0.5) -> list[dict]:
-    """One row per prunable weight plus a final 'all weights' row (global scope).
+    """One row per prunable weight plus a final 'all weights' row (global scope): the layer and
+    total rows of `lqkernels.prune.compressibility(model, q=q, p=q, pq=1)`.
 
-    Row keys: layer, shape, params, q, lq_norm (‖w‖_q), si (SI_q), pqi (I_{q,1}), hoyer, gini,
-    keep_ratio. The global row concatenates the flattened weights: simple, and the copy is tiny
-    for a demo-sized model.
+    Row keys include layer, shape, params, q, lq_norm (‖w‖_q), si (SI_q), pqi (I_{q,1}), hoyer,
+    gini, keep_ratio ((1 − I)^{q/(1−q)}, Theorem 2 at η = 0) and keep_pqi (its count).
     """
     if not 0 < q < 1:
         raise ValueError(f"compressibility_table: q must be in (0, 1), got {q}")
-    weights = prunable_weights(model)
-    rows = [_measures(name, w, q) for name, w in weights]
-    rows.append(_measures("all weights", torch.cat([w.flatten() for _, w in weights]), q))
-    return rows
+    report = prune.compressibility(model, q=q, p=q, pq=_PQI_Q)
+    return [*report.layers, report.total]
 
 
 def neuron_summary(model: nn.Module, q: float = 0.5) -> list[dict]:

@@ -1,0 +1,406 @@
+// C++ CPU kernels of y = x · Wᵀ + b with a compressed W: lqkernels::bitmap_linear and
+// lqkernels::csr16_linear (formats in lqkernels/_ops.py, "sparse linear"). x is (M, in), y (M, out).
+//
+// Two strategies, picked by M and the density (values_kernel_wins):
+//  * few rows of x (decode): walk W's kept values 16 columns at a time and multiply them with the
+//    matching slice of every x row. Bitmap: AVX-512 expand-loads put the packed values of a
+//    16-column group into their lanes; csr16: gathers fetch x at 16 kept columns. The values are
+//    read once, whatever M is.
+//  * many rows of x: transpose a tile of T = 16, 32 or 64 x rows into xt (in, T) once; every kept
+//    value w_rc adds w_rc · xt[c, :] to the T outputs of row r, one broadcast FMA per 16 lanes.
+// Rows of W are split over threads by their cost (kept values, plus bitmap words), not by count,
+// so layers whose rows have very different densities keep both cores busy.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <vector>
+
+#include "sparse_linear_checks.h"
+
+namespace lqk {
+namespace {
+
+using Format = SparseFormat;
+
+// Whether the value-walking kernel beats the transposed tiles for m_rows rows of x, per row of W
+// in vector operations. Bitmap: 2 expand-loads and 2·R FMAs per 32-bit word, whatever the
+// density (R = m_rows padded to 1, 2, 4 or 8), on L1-resident x; tiles: one FMA per kept value
+// on randomly addressed xt (counted twice) plus ~40 of bookkeeping. csr16: gathers cost one load
+// per x row per 16 values, cheaper up to 2 rows.
+bool values_kernel_wins(Format fmt, int64_t m_rows, int64_t words, int64_t row_nnz) {
+  if (fmt == Format::kCsr16) return m_rows <= 2;
+  if (m_rows > 8) return false;
+  const int64_t padded = m_rows <= 2 ? m_rows : (m_rows <= 4 ? 4 : 8);
+  return 2 * words * (1 + padded) <= 2 * row_nnz + 40;
+}
+
+template <typename T> using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Checks the row offsets describe `values` (they are read as bounds, so a corrupt table must not
+// reach the kernels): non-decreasing, from 0 to values.numel().
+void check_offsets(const char* op, const int64_t* offsets, int64_t out, int64_t nnz) {
+  TORCH_CHECK(offsets[0] == 0 && offsets[out] == nnz, op, ": row offsets must run from 0 to ",
+              nnz, " (the number of values), got ", offsets[0], " to ", offsets[out]);
+  for (int64_t r = 0; r < out; ++r)
+    TORCH_CHECK(offsets[r] <= offsets[r + 1], op, ": row offsets decrease at row ", r, " (",
+                offsets[r], " > ", offsets[r + 1], ")");
+}
+
+// Splits rows [0, out) into `parts` contiguous ranges of about equal cost, where row r costs its
+// kept values plus `per_row` (the part of its work that does not depend on its density).
+std::vector<int64_t> balanced_splits(const int64_t* offsets, int64_t out, int64_t per_row, int64_t parts) {
+  const double total = static_cast<double>(offsets[out] + out * per_row);
+  std::vector<int64_t> bounds(parts + 1, out);
+  bounds[0] = 0;
+  int64_t r = 0;
+  for (int64_t p = 1; p < parts; ++p) {
+    const double target = total * static_cast<double>(p) / static_cast<double>(parts);
+    while (r < out && static_cast<double>(offsets[r] + r * per_row) < target) ++r;
+    bounds[p] = r;
+  }
+  return bounds;
+}
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::Half v) { return static_cast<float>(v); }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+inline double to_float(double v) { return v; }
+
+// Column numbers of one bitmap row's kept values, ascending, into cols (room for 16 past the end).
+inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t* cols) {
+  int64_t n = 0;
+#if defined(__AVX512F__)
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t w = 0; w < nwords; ++w) {
+    const uint32_t word = words[w];
+    const __m512i lo = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(32 * w)));
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(16));
+    _mm512_storeu_si512(cols + n, _mm512_maskz_compress_epi32(static_cast<__mmask16>(word), lo));
+    n += std::popcount(word & 0xffffu);
+    _mm512_storeu_si512(cols + n, _mm512_maskz_compress_epi32(static_cast<__mmask16>(word >> 16), hi));
+    n += std::popcount(word >> 16);
+  }
+#else
+  for (int64_t w = 0; w < nwords; ++w)
+    for (uint32_t word = words[w]; word; word &= word - 1)
+      cols[n++] = static_cast<int32_t>(32 * w + std::countr_zero(word));
+#endif
+  return n;
+}
+
+// acc[l] += sum_k vals[k] * xt[cols[k] * T + l] for the T lanes of one transposed x tile.
+// P independent accumulator sets (8 vectors in flight in all) hide the 4-cycle FMA latency.
+template <int T, typename scalar_t, typename col_t, typename acc_t>
+void row_times_tile(const acc_t* xt, const col_t* cols, const scalar_t* vals, int64_t n, acc_t* acc_io) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    constexpr int V = T / 16, P = 8 / V;
+    __m512 acc[P][V];
+    for (int p = 0; p < P; ++p)
+      for (int v = 0; v < V; ++v) acc[p][v] = p == 0 ? _mm512_loadu_ps(acc_io + 16 * v) : _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + P <= n; k += P) {
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        const __m512 w = _mm512_set1_ps(to_float(vals[k + p]));
+        const float* xp = xt + static_cast<int64_t>(cols[k + p]) * T;
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), acc[p][v]);
+      }
+    }
+    for (; k < n; ++k) {
+      const __m512 w = _mm512_set1_ps(to_float(vals[k]));
+      const float* xp = xt + static_cast<int64_t>(cols[k]) * T;
+      for (int v = 0; v < V; ++v) acc[0][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), acc[0][v]);
+    }
+    for (int v = 0; v < V; ++v) {
+      __m512 sum = acc[0][v];
+      for (int p = 1; p < P; ++p) sum = _mm512_add_ps(sum, acc[p][v]);
+      _mm512_storeu_ps(acc_io + 16 * v, sum);
+    }
+    return;
+  }
+#endif
+  for (int64_t k = 0; k < n; ++k) {
+    const acc_t w = to_float(vals[k]);
+    const acc_t* xp = xt + static_cast<int64_t>(cols[k]) * T;
+#pragma omp simd
+    for (int l = 0; l < T; ++l) acc_io[l] += w * xp[l];
+  }
+}
+
+// The transposed-tile strategy (any M, any dtype), with tiles of T x rows. The columns are
+// swept in chunks whose slice of xt fits L1 (32 KB): every row's kept values in a chunk then
+// multiply L1-resident x lanes (random columns over the whole xt would wait on L2 instead), and
+// the rows' partial sums wait in `partial` between chunks.
+template <int T, typename scalar_t, Format fmt>
+void linear_by_tiles(const scalar_t* x, int64_t m_rows, int64_t in, const scalar_t* vals,
+                     const int64_t* offsets, const void* index, const scalar_t* bias, int64_t out,
+                     scalar_t* y) {
+  using acc_t = acc_of<scalar_t>;
+  // Columns per chunk: an L1-sized slice of xt, unless rows are so sparse that a chunk would hold
+  // under ~32 of a row's values (then the per-chunk bookkeeping would cost more than L2 misses).
+  constexpr int64_t kL1Chunk = 32768 / (T * sizeof(acc_t)) / 32 * 32;
+  const int64_t row_nnz = out ? offsets[out] / out : 0;
+  const int64_t chunks = std::max<int64_t>(1, std::min((in + kL1Chunk - 1) / kL1Chunk, row_nnz / 32));
+  const int64_t chunk_cols = ((in + chunks - 1) / chunks + 31) / 32 * 32;  // whole bitmap words
+  const int64_t tiles = (m_rows + T - 1) / T;
+  std::vector<acc_t> xt(static_cast<size_t>(tiles * in * T));
+  at::parallel_for(0, tiles * in, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t tile = i / in, c = i % in;
+      acc_t* dst = xt.data() + i * T;
+      for (int64_t l = 0; l < T; ++l) {
+        const int64_t m = tile * T + l;
+        dst[l] = m < m_rows ? static_cast<acc_t>(to_float(x[m * in + c])) : acc_t(0);
+      }
+    }
+  });
+  const int64_t nwords = (in + 31) / 32;
+  const int64_t parts = at::get_num_threads() * 4;
+  const std::vector<int64_t> bounds =
+      balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
+  // Tile-major task order keeps one xt tile in a core's cache while it sweeps W.
+  at::parallel_for(0, tiles * parts, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> cols(fmt == Format::kBitmap ? chunk_cols + 16 : 0);
+    std::vector<acc_t> partial;
+    std::vector<int64_t> cursor;
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t tile = task / parts, part = task % parts;
+      const int64_t r0 = bounds[part], r1 = bounds[part + 1];
+      const acc_t* xtile = xt.data() + tile * in * T;
+      partial.assign(static_cast<size_t>((r1 - r0) * T), acc_t(0));
+      cursor.assign(offsets + r0, offsets + r1);  // next kept value of each row
+      for (int64_t c0 = 0; c0 < in; c0 += chunk_cols) {
+        const int64_t c1 = std::min(in, c0 + chunk_cols);
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t& k = cursor[r - r0];
+          int64_t n;
+          if constexpr (fmt == Format::kBitmap) {
+            const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
+            n = bitmap_row_columns(words + c0 / 32, (c1 - c0 + 31) / 32, cols.data());
+            row_times_tile<T>(xtile + c0 * T, cols.data(), vals + k, n, partial.data() + (r - r0) * T);
+          } else {
+            const uint16_t* cols16 = static_cast<const uint16_t*>(index);
+            // Columns are distinct and ascending, so the chunk's values are among the next
+            // c1 - c0; counting those below c1 is a branch-free vector loop (a search would
+            // mispredict).
+            const int64_t window = std::min(offsets[r + 1] - k, c1 - c0);
+            n = 0;
+#pragma omp simd reduction(+ : n)
+            for (int64_t i = 0; i < window; ++i) n += cols16[k + i] < c1;
+            row_times_tile<T>(xtile, cols16 + k, vals + k, n, partial.data() + (r - r0) * T);
+          }
+          k += n;
+        }
+      }
+      // Lane-major, so that the stores run along rows of y (row-major over r would scatter them).
+      const int64_t lanes = std::min<int64_t>(T, m_rows - tile * T);
+      for (int64_t l = 0; l < lanes; ++l) {
+        scalar_t* yl = y + (tile * T + l) * out;
+        for (int64_t r = r0; r < r1; ++r)
+          yl[r] = static_cast<scalar_t>(partial[(r - r0) * T + l] + (bias ? static_cast<acc_t>(to_float(bias[r])) : acc_t(0)));
+      }
+    }
+  });
+}
+
+#if defined(__AVX512F__)
+// 16 values into float lanes: packed ones expanded to the set bits of `keep` (bitmap), or the
+// first popcount(keep) consecutive ones (csr16 tails).
+template <bool expand, typename scalar_t>
+inline __m512 load_values(const scalar_t* p, __mmask16 keep) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return expand ? _mm512_maskz_expandloadu_ps(keep, p) : _mm512_maskz_loadu_ps(keep, p);
+  } else {
+    // 16-bit values: expand-loads of 16-bit lanes need AVX512-VBMI2 (checked by the caller).
+#if defined(__AVX512VBMI2__)
+    const __m256i h = expand ? _mm256_maskz_expandloadu_epi16(keep, p) : _mm256_maskz_loadu_epi16(keep, p);
+#else
+    static_assert(!expand, "expand-loads of 16-bit values need AVX512-VBMI2");
+    const __m256i h = _mm256_maskz_loadu_epi16(keep, p);
+#endif
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+template <typename scalar_t>
+constexpr bool has_vector_kernels() {
+#if defined(__AVX512VBMI2__)
+  return !std::is_same_v<scalar_t, double>;
+#else
+  return std::is_same_v<scalar_t, float>;
+#endif
+}
+
+// Dot products of rows [r0, r1) of W with R rows of xf (float, rows padded to a multiple of 32
+// columns with zeros), the first `valid` written to y[i * out + r].
+template <int R, typename scalar_t, Format fmt>
+void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int64_t* offsets,
+                    const void* index, const scalar_t* bias, int64_t nwords, int64_t r0, int64_t r1,
+                    int64_t out, int64_t valid, scalar_t* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    __m512 acc[2][R];
+    for (auto& a : acc) for (auto& v : a) v = _mm512_setzero_ps();
+    const scalar_t* v = vals + offsets[r];
+    if constexpr (fmt == Format::kBitmap) {
+      const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
+      for (int64_t w = 0; w < nwords; ++w) {
+        const uint32_t word = words[w];
+        const __mmask16 lo = static_cast<__mmask16>(word), hi = static_cast<__mmask16>(word >> 16);
+        const __m512 v0 = load_values<true>(v, lo);
+        v += std::popcount(word & 0xffffu);
+        const __m512 v1 = load_values<true>(v, hi);
+        v += std::popcount(word >> 16);
+        for (int i = 0; i < R; ++i) {
+          acc[0][i] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xf + i * ld + 32 * w), acc[0][i]);
+          acc[1][i] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xf + i * ld + 32 * w + 16), acc[1][i]);
+        }
+      }
+    } else {
+      const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
+      const int64_t n = offsets[r + 1] - offsets[r];
+      for (int64_t k = 0; k < n; k += 16) {
+        const __mmask16 keep = n - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - k)) - 1);
+        const __m512i c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, cols + k));
+        const __m512 w = load_values<false>(v + k, keep);
+        const int half = (k / 16) & 1;  // alternate accumulators: two gathers in flight per row
+        for (int i = 0; i < R; ++i)
+          acc[half][i] = _mm512_fmadd_ps(
+              w, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), keep, c, xf + i * ld, 4), acc[half][i]);
+      }
+    }
+    const float b = bias ? to_float(bias[r]) : 0.0f;
+    for (int i = 0; i < valid; ++i)
+      y[i * out + r] = static_cast<scalar_t>(_mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i])) + b);
+  }
+}
+
+// The value-walking strategy for M <= 8 (float, half, bfloat16 with AVX-512).
+template <typename scalar_t, Format fmt>
+void linear_by_values(const scalar_t* x, int64_t m_rows, int64_t in, const scalar_t* vals,
+                      const int64_t* offsets, const void* index, const scalar_t* bias, int64_t out,
+                      scalar_t* y) {
+  const int64_t nwords = (in + 31) / 32, ld = nwords * 32;
+  std::vector<float> xf(static_cast<size_t>((m_rows + 7) / 8 * 8 * ld), 0.0f);
+  for (int64_t m = 0; m < m_rows; ++m)
+    for (int64_t c = 0; c < in; ++c) xf[m * ld + c] = to_float(x[m * in + c]);
+  const int64_t parts = at::get_num_threads() * 4;
+  const std::vector<int64_t> bounds =
+      balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
+  at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t part = lo; part < hi; ++part) {
+      const int64_t r0 = bounds[part], r1 = bounds[part + 1];
+      for (int64_t m = 0; m < m_rows; m += 8) {
+        const float* xm = xf.data() + m * ld;
+        scalar_t* ym = y + m * out;
+        const int64_t valid = std::min<int64_t>(8, m_rows - m);
+        // Rows are padded with zeros up to 1, 2, 4 or 8 (one compiled kernel each).
+        if (valid == 1) rows_by_values<1, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        else if (valid == 2) rows_by_values<2, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        else if (valid <= 4) rows_by_values<4, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        else rows_by_values<8, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+      }
+    }
+  });
+}
+#endif
+
+template <Format fmt>
+at::Tensor sparse_linear_cpu(const char* op, const at::Tensor& x_in, const at::Tensor& values_in,
+                             const at::Tensor& offsets_in, const at::Tensor& index_in,
+                             const std::optional<at::Tensor>& bias) {
+  check_sparse_linear(op, fmt, x_in, values_in, offsets_in, index_in, bias);
+  TORCH_CHECK(x_in.device().is_cpu(), op, ": expects CPU tensors, got ", x_in.device());
+  const at::Tensor x = x_in.contiguous(), values = values_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous(), index = index_in.contiguous();
+  const int64_t m_rows = x.size(0), in = x.size(1), out = offsets.numel() - 1;
+  const int64_t nwords = (in + 31) / 32;
+  const int64_t* offs = offsets.const_data_ptr<int64_t>();
+  check_offsets(op, offs, out, values.numel());
+  if constexpr (fmt == Format::kBitmap) {
+    // The bitmap must hold exactly one bit per value, or the kernels would read past `values`.
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(index.const_data_ptr<int32_t>());
+    const uint32_t tail = in % 32 ? ~((1u << (in % 32)) - 1) : 0u;
+    at::parallel_for(0, out, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        int64_t bits = 0;
+        for (int64_t w = 0; w < nwords; ++w) bits += std::popcount(words[r * nwords + w]);
+        TORCH_CHECK(bits == offs[r + 1] - offs[r], op, ": row ", r, " of the bitmap marks ", bits,
+                    " columns but its row offsets hold ", offs[r + 1] - offs[r], " values");
+        TORCH_CHECK(!(words[r * nwords + nwords - 1] & tail), op, ": row ", r,
+                    " of the bitmap marks columns past in_features ", in);
+      }
+    });
+  } else {
+    // In range, and ascending within each row (the tiled kernel finds a row's column chunks by
+    // counting, which needs distinct ascending columns). Branch-free vector reductions per row,
+    // then one check: this pass runs on every call.
+    const uint16_t* cols = reinterpret_cast<const uint16_t*>(index.const_data_ptr<int16_t>());
+    at::parallel_for(0, out, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t begin = offs[r], end = offs[r + 1];
+        int32_t out_of_order = 0;
+#pragma omp simd reduction(+ : out_of_order)
+        for (int64_t k = begin + 1; k < end; ++k) out_of_order += cols[k] <= cols[k - 1];
+        TORCH_CHECK(out_of_order == 0, op, ": columns of row ", r, " must be distinct and ascending");
+        TORCH_CHECK(end == begin || cols[end - 1] < in, op, ": column ", cols[end - 1], " of row ", r,
+                    " is out of range for in_features ", in);
+      }
+    });
+  }
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({m_rows, out}, x.options());
+  if (m_rows == 0 || out == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_linear_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* vp = values.const_data_ptr<scalar_t>();
+    const scalar_t* bp = bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    bool done = false;
+#if defined(__AVX512F__)
+    if constexpr (has_vector_kernels<scalar_t>()) {
+      if (values_kernel_wins(fmt, m_rows, nwords, out ? offs[out] / out : 0)) {
+        linear_by_values<scalar_t, fmt>(xp, m_rows, in, vp, offs, index.const_data_ptr(), bp, out, yp);
+        done = true;
+      }
+    }
+#endif
+    if (!done) {
+      // The narrowest tile that holds M (wasted lanes cost FMAs), at most 64 lanes (16 zmm).
+      const void* ip = index.const_data_ptr();
+      if (m_rows <= 16) linear_by_tiles<16, scalar_t, fmt>(xp, m_rows, in, vp, offs, ip, bp, out, yp);
+      else if (m_rows <= 32) linear_by_tiles<32, scalar_t, fmt>(xp, m_rows, in, vp, offs, ip, bp, out, yp);
+      else linear_by_tiles<64, scalar_t, fmt>(xp, m_rows, in, vp, offs, ip, bp, out, yp);
+    }
+  });
+  return y;
+}
+
+at::Tensor bitmap_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
+                             const at::Tensor& bitmap, const std::optional<at::Tensor>& bias) {
+  return sparse_linear_cpu<Format::kBitmap>("bitmap_linear", x, values, row_offsets, bitmap, bias);
+}
+
+at::Tensor csr16_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
+                            const at::Tensor& columns, const std::optional<at::Tensor>& bias) {
+  return sparse_linear_cpu<Format::kCsr16>("csr16_linear", x, values, row_offsets, columns, bias);
+}
+
+}  // namespace
+}  // namespace lqk
+
+// CPU kernels of the sparse-linear schemas defined in lqkernels/_ops.py.
+TORCH_LIBRARY_IMPL(lqkernels, CPU, m) {
+  m.impl("bitmap_linear", &lqk::bitmap_linear_cpu);  // y = x·Wᵀ + b, W as bitmap + packed values
+  m.impl("csr16_linear", &lqk::csr16_linear_cpu);    // y = x·Wᵀ + b, W as 16-bit columns + values
+}

@@ -1,0 +1,337 @@
+"""Modules: `SparseLinear`, an `nn.Linear` that keeps only the kept weights of a pruned layer.
+
+    layer = SparseLinear.from_linear(linear)            # mask: prune's weight_mask, else weight != 0
+    layer = SparseLinear.from_linear(linear, mask, format="bitmap")
+    y = layer(x)                                        # == F.linear(x, W * mask, b)
+    linear = layer.to_linear()
+
+Storage formats (byte arithmetic per weight at density δ, dtype of s bytes; README "Sparse layers"):
+    "bitmap"  packed values + 1 bit per weight: s·δ + 1/8. Pays off from ~10% sparsity on.
+    "csr16"   packed values + a 16-bit column each: (s + 2)·δ. Smaller than the bitmap below
+              δ = 1/16 (above ~94% sparsity); in_features <= 65536.
+    "bsr"     32×32 tiles of W that hold any kept weight, each stored dense, plus one bit per
+              weight for the gradient mask: for block-pruned weights at large batch (tl.dot on the
+              GPU).
+    "dense"   W * mask itself (plus a bitmap for the gradient mask): where no sparse kernel is
+              faster (low sparsity).
+    "auto"    picks one of these per layer from its density, the device type and the cost model
+              below (COST_MODEL), and, per call, computes densely when the batch is so large that
+              the dense product would be faster.
+Rows may have any density each; the kernels balance work by kept values, not by rows.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lqkernels import _backend, _ops
+
+__all__ = ["SparseLinear", "FORMATS", "pack_weight"]
+
+FORMATS = ("bitmap", "csr16", "bsr", "dense")
+_OP_OF_FORMAT = {"bitmap": "bitmap_linear", "csr16": "csr16_linear", "bsr": "bsr_linear"}
+_INDEX_NAMES = {"bitmap": ("row_offsets", "bitmap"), "csr16": ("row_offsets", "columns"),
+                "bsr": ("block_row_offsets", "block_columns", "block_mask"), "dense": ("bitmap",)}
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """(..., n) bool -> (..., ceil(n/32)) int32, bit j of word w = bits[..., 32w + j]."""
+    n = bits.shape[-1]
+    words = -(-n // 32)
+    padded = F.pad(bits, (0, words * 32 - n)).view(*bits.shape[:-1], words, 32).to(torch.int64)
+    packed = (padded << torch.arange(32, device=bits.device)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def _row_offsets(counts: torch.Tensor) -> torch.Tensor:
+    return F.pad(counts.to(torch.int64).cumsum(0), (1, 0))
+
+
+def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[str, torch.Tensor]:
+    """The tensors of `format` (lqkernels/_ops.py, "sparse linear") for W * mask.
+
+    weight (out, in) floating point, mask (out, in) bool on weight's device. Returns a dict with
+    "values" (weight's dtype) and the format's index tensors (names in `_INDEX_NAMES`).
+    """
+    w = weight.detach()
+    if format == "bitmap":
+        return {"values": w[mask], "row_offsets": _row_offsets(mask.sum(1)), "bitmap": _pack_bits(mask)}
+    if format == "csr16":
+        if w.shape[1] > 65536:
+            raise ValueError(f"format 'csr16' addresses at most 65536 in_features, got {w.shape[1]}")
+        cols = mask.nonzero()[:, 1]
+        return {"values": w[mask], "row_offsets": _row_offsets(mask.sum(1)),
+                "columns": torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16)}
+    if format == "bsr":
+        b = _ops.BSR_BLOCK
+        rows, cols = -(-w.shape[0] // b), -(-w.shape[1] // b)
+        pad = (0, cols * b - w.shape[1], 0, rows * b - w.shape[0])
+        tiles = F.pad(w * mask, pad).view(rows, b, cols, b).transpose(1, 2)
+        tile_mask = F.pad(mask, pad).view(rows, b, cols, b).transpose(1, 2)
+        kept = tile_mask.any(-1).any(-1)
+        return {"values": tiles[kept].contiguous(), "block_row_offsets": _row_offsets(kept.sum(1)),
+                "block_columns": kept.nonzero()[:, 1].to(torch.int32),
+                "block_mask": _pack_bits(tile_mask[kept]).squeeze(-1)}
+    if format == "dense":
+        return {"values": (w * mask).contiguous(), "bitmap": _pack_bits(mask)}
+    raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+
+
+# ---- the cost model behind format="auto" ----------------------------------------------------
+# Time of one call relative to the dense product at the same batch M, as a function of the
+# density δ: a sparse kernel costs ≈ a + b·δ (a: work that does not shrink with δ, such as the
+# bitmap walk over every word; b: per kept value), the dense product 1. CPU entries are fitted to
+# the sweep of benchmarks/bench_sparse_linear.py (benchmarks/RESULTS.md, "Sparse linear"; the
+# machine was shared, so they are rounded towards dense). CUDA entries follow the byte arithmetic of
+# docs/anchors.md (decode reads dominate) until an H200 run calibrates them.
+# device type -> [(largest M, {format: (a, b)}), ...]
+COST_MODEL = {
+    "cpu": [(8, {"bitmap": (0.3, 0.7), "csr16": (0.0, 4.0)}),          # value-walking kernels
+            (64, {"bitmap": (0.1, 1.3), "csr16": (0.02, 2.0)}),         # transposed tiles
+            (math.inf, {"bitmap": (0.1, 4.0), "csr16": (0.05, 5.0)})],  # dense GEMM at full speed
+    "cuda": [(64, {"bitmap": (0.0625, 1.0), "csr16": (0.0, 2.0)}),
+             (math.inf, {"bitmap": (0.1, 4.0), "csr16": (0.1, 4.0), "bsr": (0.05, 1.25)})],
+}
+# Below this predicted cost a sparse kernel is worth it (a 5% margin for the model's error).
+SPARSE_WORTH_IT = 0.95
+
+
+def predicted_cost(format: str, density: float, batch: int, device_type: str) -> float:
+    """Predicted time of `format` relative to the dense product (1.0); inf if not modelled."""
+    if format == "dense":
+        return 1.0
+    for largest, costs in COST_MODEL.get(device_type, COST_MODEL["cpu"]):
+        if batch <= largest:
+            a, b = costs.get(format, (math.inf, 0.0))
+            return a + b * density
+    return math.inf
+
+
+def choose_format(density: float, device_type: str, batch: int = 1) -> str:
+    """The format "auto" stores: the cheapest at decode-sized batches, or "dense" where no sparse
+    format is predicted to beat the dense product."""
+    costs = {f: predicted_cost(f, density, batch, device_type) for f in ("bitmap", "csr16")}
+    best = min(costs, key=costs.get)
+    return best if costs[best] < SPARSE_WORTH_IT else "dense"
+
+
+class SparseLinear(nn.Linear):
+    """A drop-in `nn.Linear` computing y = x · (W * mask)ᵀ + b from a compressed W.
+
+    Holds only the compressed weight: `values` (the kept weights, an nn.Parameter, trainable) and
+    index buffers of the format (see lqkernels.nn); `weight` is a read-only dense view computed on
+    demand. Gradients reach the kept weights only, so fine-tuning keeps pruned weights at 0.
+
+    x: (*, in_features) of the layer's dtype (float16, bfloat16, float32, float64) and device; any
+    leading shape (including empty batches) and any strides. Returns (*, out_features). A wrong
+    in_features, dtype or device raises ValueError / TypeError naming both values.
+    `backend` (None: LQK_BACKEND, else auto) selects the kernel as in lqkernels._backend.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, format: str = "bitmap", backend: str | None = None) -> None:
+        """An empty layer (every weight pruned) in `format`; load_state_dict fills it."""
+        nn.Module.__init__(self)  # not nn.Linear's: it would allocate and initialise a dense weight
+        weight = torch.zeros(out_features, in_features, device=device, dtype=dtype)
+        self._setup(weight, torch.zeros_like(weight, dtype=torch.bool),
+                    weight.new_zeros(out_features) if bias else None, format, backend)
+
+    def _setup(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, format: str,
+               backend: str | None) -> None:
+        self.out_features, self.in_features = weight.shape
+        self.backend = backend
+        self.auto = format == "auto"
+        stored = format
+        if self.auto:
+            density = mask.float().mean().item() if mask.numel() else 1.0
+            stored = choose_format(density, weight.device.type)
+            if stored == "csr16" and weight.shape[1] > 65536:
+                stored = "bitmap"
+        self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
+        self._set_storage(stored, pack_weight(weight, mask, stored))
+
+    def _set_storage(self, format: str, tensors: dict[str, torch.Tensor]) -> None:
+        for name in set().union(*_INDEX_NAMES.values()):
+            self._buffers.pop(name, None)
+        self.format = format
+        self.values = nn.Parameter(tensors["values"])
+        for name in _INDEX_NAMES[format]:
+            self.register_buffer(name, tensors[name])
+
+    # ---- construction and conversion ----
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, *, format: str = "auto",
+                    backend: str | None = None) -> "SparseLinear":
+        """Compresses `linear` (an nn.Linear, possibly pruned with torch.nn.utils.prune).
+
+        mask: bool (out_features, in_features) on the weight's device; default: the layer's
+        `weight_mask` (torch.nn.utils.prune) if it has one, else `weight != 0`. format: one of
+        FORMATS or "auto". A mask of another shape, dtype or device raises ValueError / TypeError.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        if mask is None:
+            mask = getattr(linear, "weight_mask", None)
+            mask = weight != 0 if mask is None else mask.detach() != 0
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != weight.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
+        if mask.device != weight.device:
+            raise ValueError(f"mask is on {mask.device} but the weight is on {weight.device}")
+        if format not in FORMATS + ("auto",):
+            raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._setup(weight, mask, linear.bias, format, backend)
+        return layer
+
+    from_dense = from_linear
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear holding W * mask (the mask itself is not kept)."""
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                           device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    to_dense = to_linear
+
+    # ---- views ----
+    def _index(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in _INDEX_NAMES[self.format]]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W * mask as a dense (out_features, in_features) tensor (computed; differentiable in values)."""
+        if self.format == "dense":
+            return self.values
+        index = self._index()
+        return _ops._sparse_to_dense(self.format, self.values, index[0], index[1:], self.out_features,
+                                     self.in_features)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The kept weights as a bool (out_features, in_features) tensor."""
+        if self.format in ("bitmap", "dense"):
+            return _ops.bitmap_mask(self.bitmap, self.in_features)
+        if self.format == "csr16":
+            return _ops.csr16_to_dense(torch.ones_like(self.values), self.row_offsets, self.columns,
+                                       self.in_features) != 0
+        ones = torch.ones(self.values.shape, dtype=torch.float32, device=self.values.device)
+        return _ops.bsr_to_dense(ones, self.block_row_offsets, self.block_columns, self.block_mask,
+                                 self.out_features, self.in_features) != 0
+
+    @property
+    def nnz(self) -> int:
+        """Number of kept weights."""
+        if self.format in ("bitmap", "csr16"):
+            return self.values.numel()
+        return int(self.mask.sum())
+
+    @property
+    def sparsity(self) -> float:
+        total = self.out_features * self.in_features
+        return 1.0 - self.nnz / total if total else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the layer: values, index buffers and bias."""
+        tensors = [self.values, *self._index()] + ([self.bias] if self.bias is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def resolved_backend(self, batch: int = 1) -> str:
+        """The backend serving a call with `batch` rows ("dense" when the dense product runs)."""
+        if self._dense_path(batch):
+            return "dense"
+        return _backend.resolve(_OP_OF_FORMAT[self.format], self.backend, self.values.device)
+
+    def extra_repr(self) -> str:
+        dense_bytes = self.out_features * self.in_features * self.values.element_size()
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={'auto:' if self.auto else ''}{self.format}, "
+                f"sparsity={self.sparsity:.3f}, nbytes={self.nbytes} ({self.nbytes / max(dense_bytes, 1):.2f} "
+                f"of dense), backend={self.resolved_backend()}")
+
+    # ---- forward ----
+    def _dense_path(self, batch: int) -> bool:
+        if self.format == "dense":
+            return True
+        if not self.auto:
+            return False
+        density = self.values.numel() / max(self.out_features * self.in_features, 1)
+        return predicted_cost(self.format, density, batch, self.values.device.type) >= SPARSE_WORTH_IT
+
+    def _dense_weight(self) -> torch.Tensor:
+        """W * mask for the dense path of "auto". Outside training and compilation it is cached
+        (until the values change, move or change dtype): densifying every call would cost a sizeable
+        part of the product it replaces. The cache is the price of the dense path: it is held only
+        by layers that have seen batches where dense wins, and is never saved."""
+        if self.format == "dense" or torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and self.values.requires_grad):
+            return self.weight
+        key = (self.values._version, self.values.data_ptr(), self.values.dtype, self.values.device)
+        cached = self.__dict__.get("_dense_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.weight.detach())
+            self.__dict__["_dense_cache"] = cached
+        return cached[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"SparseLinear expects a tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"SparseLinear: input's last dim must be in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"SparseLinear: input dtype {x.dtype} does not match the layer's {self.values.dtype}")
+        if x.device != self.values.device:
+            raise ValueError(f"SparseLinear: input is on {x.device} but the layer is on {self.values.device}")
+        x2d = x.reshape(-1, self.in_features)
+        if self._dense_path(x2d.shape[0]):
+            weight = self._dense_weight()
+            if self.format == "dense" and torch.is_grad_enabled() and weight.requires_grad:
+                weight = weight * _ops.bitmap_mask(self.bitmap, self.in_features)  # pruned stay 0
+            y = F.linear(x2d, weight, self.bias)
+        else:
+            op = _OP_OF_FORMAT[self.format]
+            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, x.device))
+            extra = (self.out_features,) if self.format == "bsr" else ()
+            y = kernel(x2d, self.values, *self._index(), self.bias, *extra)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    # ---- state_dict: the compressed form, loaded back exactly ----
+    def get_extra_state(self) -> dict:
+        return {"format": self.format, "auto": self.auto, "in_features": self.in_features,
+                "out_features": self.out_features}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.auto = state["auto"]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # The incoming layer may hold another format and number of kept weights: take them from
+        # the state, in this layer's dtype and device, before nn.Module copies the values in.
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            if (extra["in_features"], extra["out_features"]) != (self.in_features, self.out_features):
+                error_msgs.append(f"size mismatch for {prefix}: the state holds a "
+                                  f"{extra['out_features']}x{extra['in_features']} layer, this one is "
+                                  f"{self.out_features}x{self.in_features}")
+                return
+            names = ("values",) + _INDEX_NAMES[extra["format"]]
+            if all(prefix + n in state_dict for n in names):
+                device, dtype = self.values.device, self.values.dtype
+                self._set_storage(extra["format"], {
+                    n: torch.empty_like(state_dict[prefix + n], device=device,
+                                        dtype=dtype if n == "values" else state_dict[prefix + n].dtype)
+                    for n in names})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)

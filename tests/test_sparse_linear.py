@@ -1,0 +1,412 @@
+"""Sparse layers: the kernel-level ops (bitmap_linear, csr16_linear, bsr_linear) on every backend,
+and lqkernels.nn.SparseLinear / sparsify_ / densify_.
+
+The oracle is F.linear(x, W * mask, b) in float64. Tolerances: float32 and float64 against a bound
+from the magnitudes; float16 / bfloat16 within 2x PyTorch's own same-dtype error (F.linear in that
+dtype against the same float64 oracle) plus one ulp of the output scale, as flash-attention does.
+Triton runs on the CPU under TRITON_INTERPRET=1: tiny shapes, no bfloat16.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.utils.prune  # noqa: F401  (torch.nn.utils does not import it)
+from torch import nn
+from torch.nn import functional as F
+
+import lqkernels
+from lqkernels import _ops, _triton
+from lqkernels.nn import SparseLinear, pack_weight
+from conftest import DEVICES, available_pairs
+
+
+def interpreted(backend: str) -> bool:
+    """True when `backend` runs under Triton's interpreter (tiny shapes, no bfloat16)."""
+    return backend == "triton" and _triton.interpreted()
+
+
+FORMATS = ("bitmap", "csr16", "bsr")
+OP_OF = {"bitmap": "bitmap_linear", "csr16": "csr16_linear", "bsr": "bsr_linear"}
+INDEX_OF = {"bitmap": ("row_offsets", "bitmap"), "csr16": ("row_offsets", "columns"),
+            "bsr": ("block_row_offsets", "block_columns", "block_mask")}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# (M, out_features, in_features): decode and tiled strategies of the C++ kernels (M <= 8, tiles of
+# 16 / 32 / 64 rows), column chunks (in > 512), in_features not a multiple of 32, empty batches.
+SHAPES = [(1, 24, 70), (5, 17, 64), (9, 33, 40), (0, 8, 16), (3, 0, 16)]
+LARGE_SHAPES = [(20, 12, 600), (40, 20, 100), (70, 9, 33)]  # not under Triton's interpreter
+
+
+def kernel_cases():
+    cases = []
+    for fmt in FORMATS:
+        for device, backend in available_pairs(kernels=(OP_OF[fmt],)):
+            for dtype in DTYPES:
+                if interpreted(backend) and dtype == torch.bfloat16:
+                    continue
+                for shape in SHAPES + ([] if interpreted(backend) else LARGE_SHAPES):
+                    cases.append(pytest.param(fmt, device, backend, dtype, shape,
+                                              id=f"{fmt}-{device}-{backend}-{str(dtype)[6:]}-{shape}"))
+    return cases
+
+
+def random_layer(gen, out_features, in_features, dtype, device="cpu", block_pruned=False):
+    """W, a mask whose rows have very different densities (row 0 fully kept, row 1 empty, the
+    rest anywhere from 0 to 1), and a bias."""
+    w = torch.randn(out_features, in_features, generator=gen)
+    density = torch.rand(out_features, 1, generator=gen)
+    mask = torch.rand(out_features, in_features, generator=gen) < density
+    if block_pruned:  # whole 32x32 tiles empty, others partly kept
+        tiles = torch.rand(-(-out_features // 32), -(-in_features // 32), generator=gen) < 0.5
+        mask &= tiles.repeat_interleave(32, 0).repeat_interleave(32, 1)[:out_features, :in_features]
+    if out_features > 1:
+        mask[0], mask[1] = True, False
+    b = torch.randn(out_features, generator=gen)
+    return w.to(device, dtype), mask.to(device), b.to(device, dtype)
+
+
+def oracle(x, w, mask, b):
+    return F.linear(x.double(), (w * mask).double(), None if b is None else b.double())
+
+
+def assert_close_to_oracle(y, x, w, mask, b):
+    expected = oracle(x, w, mask, b)
+    assert y.dtype == x.dtype and y.shape == expected.shape
+    err = (y.double() - expected).abs().max().item() if y.numel() else 0.0
+    scale = 1.0 + (expected.abs().max().item() if y.numel() else 0.0)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        own = F.linear(x, w * mask, b)  # PyTorch in the same dtype
+        own_err = (own.double() - expected).abs().max().item() if y.numel() else 0.0
+        bound = 2 * own_err + torch.finfo(x.dtype).eps * scale
+    else:
+        bound = (1e-5 if x.dtype == torch.float32 else 1e-12) * scale * (1 + x.shape[1] ** 0.5)
+    assert err <= bound, f"max error {err} above {bound}"
+
+
+def kernel_of(fmt, backend):
+    from lqkernels import _backend
+    return _backend.kernel(OP_OF[fmt], backend)
+
+
+def call(fmt, backend, x, packed, b, out_features):
+    extra = (out_features,) if fmt == "bsr" else ()
+    return kernel_of(fmt, backend)(x, packed["values"], *[packed[n] for n in INDEX_OF[fmt]], b, *extra)
+
+
+@pytest.mark.parametrize("fmt, device, backend, dtype, shape", kernel_cases())
+def test_kernel_matches_masked_dense(fmt, device, backend, dtype, shape, gen):
+    m, out_features, in_features = shape
+    w, mask, b = random_layer(gen, out_features, in_features, dtype, device, block_pruned=fmt == "bsr")
+    x = torch.randn(m, in_features, generator=gen).to(device, dtype)
+    packed = pack_weight(w, mask, fmt)
+    assert_close_to_oracle(call(fmt, backend, x, packed, b, out_features), x, w, mask, b)
+    assert_close_to_oracle(call(fmt, backend, x, packed, None, out_features), x, w, mask, None)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("device, backend", available_pairs(kernels=tuple(OP_OF.values())))
+def test_kernel_non_contiguous_x_and_all_pruned(fmt, device, backend, gen):
+    w, mask, b = random_layer(gen, 10, 48, torch.float32, device)
+    x = torch.randn(48, 6, generator=gen).to(device).t()  # a transposed view
+    assert_close_to_oracle(call(fmt, backend, x, pack_weight(w, mask, fmt), b, 10), x, w, mask, b)
+    empty = torch.zeros_like(mask)
+    y = call(fmt, backend, x, pack_weight(w, empty, fmt), b, 10)
+    torch.testing.assert_close(y, b.expand(6, 10).contiguous())
+
+
+def gradcheck_cases():
+    return [pytest.param(fmt, d, b, id=f"{fmt}-{d}-{b}") for fmt in FORMATS
+            for d, b in available_pairs(kernels=(OP_OF[fmt],))]
+
+
+@pytest.mark.parametrize("fmt, device, backend", gradcheck_cases())
+def test_gradcheck_x_values_bias(fmt, device, backend, gen):
+    """Gradients reach x, the kept values and the bias (float64). bsr tiles also store zeros for
+    pruned entries, whose gradient is 0 by design: check the function of the kept entries only."""
+    w, mask, b = random_layer(gen, 7, 40, torch.float64, device, block_pruned=fmt == "bsr")
+    packed = pack_weight(w, mask, fmt)
+    index = [packed[n] for n in INDEX_OF[fmt]]
+    extra = (7,) if fmt == "bsr" else ()
+    x = torch.randn(3, 40, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    b = b.clone().requires_grad_()
+    op = kernel_of(fmt, backend)
+    if fmt == "bsr":
+        kept = _ops._unpack_bits(packed["block_mask"].unsqueeze(-1), 32)
+        values = packed["values"][kept].clone().requires_grad_()
+
+        def f(x, v, b):
+            return op(x, packed["values"].new_zeros(kept.shape).masked_scatter(kept, v), *index, b, *extra)
+    else:
+        values = packed["values"].clone().requires_grad_()
+
+        def f(x, v, b):
+            return op(x, v, *index, b, *extra)
+    # The interpreter runs ~20 ms per program: fast mode (random projections) keeps it to seconds.
+    assert torch.autograd.gradcheck(f, (x, values, b), fast_mode=interpreted(backend))
+
+
+@pytest.mark.parametrize("fmt, device, backend", gradcheck_cases())
+def test_values_gradient_is_masked_dense_gradient(fmt, device, backend, gen):
+    """The kept values' gradient equals the dense gradient at the kept positions, and nothing
+    flows to pruned weights (bsr: not even to the stored zeros inside kept tiles)."""
+    w, mask, b = random_layer(gen, 9, 70, torch.float64, device, block_pruned=fmt == "bsr")
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format=fmt, backend=backend)
+    x = torch.randn(4, 70, generator=gen, dtype=torch.float64).to(device)
+    layer(x).square().sum().backward()
+    wd = (w * mask).clone().requires_grad_()
+    F.linear(x, wd, b).square().sum().backward()
+    grad_dense = _ops._sparse_to_dense(fmt, layer.values.grad, INDEX_BUFFERS(layer)[0], INDEX_BUFFERS(layer)[1:],
+                                       9, 70)
+    torch.testing.assert_close(grad_dense, wd.grad * mask)
+
+
+def INDEX_BUFFERS(layer):  # noqa: N802  (the layer's index tensors, in op order)
+    return [getattr(layer, n) for n in INDEX_OF[layer.format]]
+
+
+def opcheck_cases():
+    cases = []
+    for fmt in FORMATS:
+        for device, backend in available_pairs(kernels=(OP_OF[fmt],)):
+            if backend != "torch":
+                cases.append(pytest.param(fmt, device, backend, id=f"{fmt}-{device}-{backend}"))
+    return cases
+
+
+@pytest.mark.parametrize("fmt, device, backend", opcheck_cases())
+def test_opcheck(fmt, device, backend, gen):
+    w, mask, b = random_layer(gen, 6, 40, torch.float32, device)
+    packed = pack_weight(w, mask, fmt)
+    x = torch.randn(3, 40, generator=gen).to(device)
+    extra = (6,) if fmt == "bsr" else ()
+    name = OP_OF[fmt] + ("_triton" if backend == "triton" else "")
+    op = getattr(torch.ops.lqkernels, name).default
+    args = (x, packed["values"].requires_grad_(), *[packed[n] for n in INDEX_OF[fmt]], b, *extra)
+    torch.library.opcheck(op, args)
+
+
+# ---- bad input ----
+
+def test_kernel_errors_name_the_value(gen):
+    w, mask, b = random_layer(gen, 6, 40, torch.float32)
+    p = pack_weight(w, mask, "bitmap")
+    x = torch.randn(2, 40)
+    op = torch.ops.lqkernels.bitmap_linear
+    with pytest.raises((RuntimeError, ValueError), match=r"\(6, 3\) bitmap"):
+        op(torch.randn(2, 70), p["values"], p["row_offsets"], p["bitmap"], b)
+    with pytest.raises((RuntimeError, TypeError), match="values dtype"):
+        op(x, p["values"].double(), p["row_offsets"], p["bitmap"], b)
+    with pytest.raises((RuntimeError, TypeError), match="int64"):
+        op(x, p["values"], p["row_offsets"].int(), p["bitmap"], b)
+    with pytest.raises((RuntimeError, ValueError), match="bias"):
+        op(x, p["values"], p["row_offsets"], p["bitmap"], b[:3])
+    bad = p["bitmap"].clone()
+    bad[2, 0] ^= 1  # one bit more or less than the offsets say
+    with pytest.raises(RuntimeError, match="row 2 of the bitmap"):
+        op(x, p["values"], p["row_offsets"], bad, b)
+    bad = p["bitmap"].clone()
+    bad[0, 0] &= ~1  # row 0 keeps all 40 columns: move the bit of column 0 ...
+    bad[0, 1] |= 1 << 20  # ... to column 52 of a 40-column layer
+    with pytest.raises(RuntimeError, match="past in_features"):
+        op(x, p["values"], p["row_offsets"], bad, b)
+    c = pack_weight(w, mask, "csr16")
+    cols = c["columns"].clone()
+    cols[39] = 45  # the last of row 0's 40 columns
+    with pytest.raises(RuntimeError, match="column 45"):
+        torch.ops.lqkernels.csr16_linear(x, c["values"], c["row_offsets"], cols, b)
+    row0 = c["columns"][:40].flip(0).contiguous()  # row 0 keeps all 40 columns
+    with pytest.raises(RuntimeError, match="distinct and ascending"):
+        torch.ops.lqkernels.csr16_linear(x, c["values"], c["row_offsets"], torch.cat([row0, c["columns"][40:]]), b)
+    offsets = c["row_offsets"].clone()
+    offsets[-1] += 1
+    with pytest.raises(RuntimeError, match="row offsets must run from 0"):
+        torch.ops.lqkernels.csr16_linear(x, c["values"], offsets, c["columns"], b)
+
+
+def test_module_errors_name_the_value(gen):
+    w, mask, b = random_layer(gen, 6, 40, torch.float32)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format="bitmap")
+    with pytest.raises(ValueError, match="in_features=40.*\\(2, 41\\)"):
+        layer(torch.randn(2, 41))
+    with pytest.raises(TypeError, match="float64.*float32"):
+        layer(torch.randn(2, 40, dtype=torch.float64))
+    with pytest.raises(ValueError, match="meta"):
+        layer(torch.randn(2, 40, device="meta"))
+    with pytest.raises(ValueError, match="mask shape \\(6, 39\\)"):
+        SparseLinear.from_linear(dense_linear(w, b), mask[:, :39])
+    with pytest.raises(TypeError, match="bool"):
+        SparseLinear.from_linear(dense_linear(w, b), mask.float())
+    with pytest.raises(ValueError, match="unknown format 'coo'"):
+        SparseLinear.from_linear(dense_linear(w, b), mask, format="coo")
+    with pytest.raises(ValueError, match="65536"):
+        pack_weight(torch.zeros(1, 70000), torch.zeros(1, 70000, dtype=torch.bool), "csr16")
+
+
+# ---- the module ----
+
+def dense_linear(w, b=None):
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        if b is not None:
+            linear.bias.copy_(b)
+    return linear
+
+
+ALL_FORMATS = FORMATS + ("dense", "auto")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_module_matches_masked_linear_any_leading_shape(fmt, device, gen):
+    w, mask, b = random_layer(gen, 20, 72, torch.float32, device)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format=fmt)
+    for shape in [(72,), (3, 72), (2, 5, 72), (0, 72), (2, 0, 72)]:
+        x = torch.randn(*shape, generator=gen).to(device)
+        assert_close_to_oracle(layer(x).reshape(-1, 20), x.reshape(-1, 72), w, mask, b)
+        assert layer(x).shape == (*shape[:-1], 20)
+    x = torch.randn(72, 7, generator=gen).to(device).t()
+    assert_close_to_oracle(layer(x), x, w, mask, b)
+    torch.testing.assert_close(layer.weight, w * mask)
+    torch.testing.assert_close(layer.mask, mask if fmt != "dense" else mask)
+    back = layer.to_linear()
+    assert type(back) is nn.Linear
+    torch.testing.assert_close(back.weight, w * mask)
+
+
+def test_mask_from_prune_and_from_zeros(gen):
+    linear = nn.Linear(64, 16)
+    nn.utils.prune.l1_unstructured(linear, "weight", amount=0.8)
+    layer = SparseLinear.from_dense(linear, format="csr16")
+    assert torch.equal(layer.mask, linear.weight_mask.bool())
+    assert layer.nnz == int(linear.weight_mask.sum())
+    x = torch.randn(3, 64, generator=gen)
+    torch.testing.assert_close(layer(x), linear(x))
+    w = torch.randn(8, 40, generator=gen) * (torch.rand(8, 40, generator=gen) < 0.3)
+    layer = SparseLinear.from_linear(dense_linear(w))
+    assert torch.equal(layer.mask, w != 0) and layer.bias is None
+
+
+def test_nbytes_and_repr_report_compression(gen):
+    w = torch.randn(64, 512, generator=gen)
+    mask = torch.rand(64, 512, generator=gen) < 0.1
+    layer = SparseLinear.from_linear(dense_linear(w, torch.zeros(64)), mask, format="bitmap")
+    nnz = int(mask.sum())
+    assert layer.nbytes == nnz * 4 + 64 * 512 // 8 + 65 * 8 + 64 * 4
+    assert layer.nbytes < 0.2 * 64 * 512 * 4
+    text = repr(layer)
+    for part in ("format=bitmap", f"sparsity={1 - nnz / (64 * 512):.3f}", "nbytes=", "backend=cpp"):
+        assert part in text
+    csr = SparseLinear.from_linear(dense_linear(w), mask, format="csr16")
+    assert csr.nbytes == nnz * 6 + 65 * 8
+
+
+def test_auto_keeps_dense_where_sparse_is_slower(gen):
+    w = torch.randn(32, 64, generator=gen)
+    full = SparseLinear.from_linear(dense_linear(w), torch.ones(32, 64, dtype=torch.bool))
+    assert full.format == "dense" and "auto:dense" in repr(full)
+    sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(32, 64, generator=gen) < 0.1)
+    assert sparse.format in ("bitmap", "csr16")
+    assert sparse.resolved_backend(1) == "cpp"
+
+
+def test_fine_tuning_keeps_pruned_weights_at_zero(gen):
+    w, mask, b = random_layer(gen, 12, 64, torch.float32, block_pruned=True)
+    for fmt in ("bitmap", "csr16", "bsr", "dense"):
+        sparse = nn.Sequential(dense_linear(w, b), nn.ReLU(), nn.Linear(12, 3))
+        nn.utils.prune.custom_from_mask(sparse[0], "weight", mask)
+        lqkernels.sparsify_(sparse, lambda mod, fqn: fqn == "0", format=fmt)
+        assert isinstance(sparse[0], SparseLinear) and isinstance(sparse[2], nn.Linear)
+        opt = torch.optim.SGD(sparse.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            sparse(torch.randn(5, 64, generator=gen)).square().mean().backward()
+            opt.step()
+        assert torch.equal(sparse[0].weight[~mask], torch.zeros(int((~mask).sum()))), fmt
+        assert not torch.equal(sparse[0].weight[mask], (w * mask)[mask]), fmt
+
+
+def test_sparsify_and_densify_round_trip(gen):
+    model = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 10), nn.Linear(10, 10))
+    nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.9)
+    with torch.no_grad():
+        model[2].weight[model[2].weight.abs() < 0.1] = 0
+    x = torch.randn(4, 40, generator=gen)
+    expected = model(x)
+    lqkernels.sparsify_(model)
+    assert [type(m) for m in model] == [SparseLinear, nn.ReLU, SparseLinear, nn.Linear]  # 3: unpruned
+    torch.testing.assert_close(model(x), expected)
+    lqkernels.densify_(model)
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear, nn.Linear]
+    torch.testing.assert_close(model(x), expected)
+    single = lqkernels.sparsify_(nn.Linear(8, 4), lambda m, fqn: True, format="bitmap")
+    assert isinstance(single, SparseLinear)
+    with pytest.raises(ValueError, match="unknown format"):
+        lqkernels.sparsify_(nn.Sequential(nn.Linear(4, 4)), lambda m, fqn: True, format="nope")
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_state_dict_deepcopy_save_load(fmt, gen):
+    w, mask, b = random_layer(gen, 40, 70, torch.float32)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format=fmt)
+    x = torch.randn(3, 70, generator=gen)
+    expected = layer(x)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = SparseLinear(70, 40, format="csr16" if fmt != "csr16" else "bitmap")
+    fresh.load_state_dict(state)
+    assert (fresh.format, fresh.auto) == (layer.format, layer.auto)
+    assert torch.equal(fresh(x), expected)
+    for name, tensor in layer.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(fresh.state_dict()[name], tensor), name
+    assert torch.equal(copy.deepcopy(layer)(x), expected)
+    with pytest.raises(RuntimeError, match="holds a 40x70 layer"):
+        SparseLinear(40, 70).load_state_dict(state)
+
+
+@pytest.mark.parametrize("fmt", ("bitmap", "csr16"))
+def test_to_and_half(fmt, gen):
+    w, mask, b = random_layer(gen, 16, 48, torch.float32)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format=fmt)
+    x = torch.randn(5, 48, generator=gen)
+    as_double = copy.deepcopy(layer).to(torch.float64)
+    assert as_double.values.dtype == torch.float64 and as_double.row_offsets.dtype == torch.int64
+    assert_close_to_oracle(as_double(x.double()), x.double(), w.double(), mask, b.double())
+    half = copy.deepcopy(layer).half()
+    assert half.values.dtype == torch.float16 and half.bias.dtype == torch.float16
+    assert_close_to_oracle(half(x.half()), x.half(), w.half(), mask, b.half())
+
+
+def test_compile_fullgraph(gen):
+    """Inference through inductor and training through AOTAutograd, without graph breaks."""
+    w, mask, b = random_layer(gen, 24, 64, torch.float32)
+    model = nn.Sequential(SparseLinear.from_linear(dense_linear(w, b), mask, format="bitmap"), nn.ReLU(),
+                          SparseLinear.from_linear(dense_linear(w[:, :24], b), mask[:, :24], format="csr16"))
+    x = torch.randn(2, 3, 64, generator=gen)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 7, 16, 64, 65, 300])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_decode_shapes_bf16(fmt, m, gen):
+    """The CUDA C++ decode kernels (and Triton bsr) at realistic widths, M around the 64-row limit."""
+    w, mask, b = random_layer(gen, 1000, 4096, torch.bfloat16, "cuda", block_pruned=fmt == "bsr")
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask, format=fmt)
+    x = torch.randn(m, 4096, generator=gen).to("cuda", torch.bfloat16)
+    assert_close_to_oracle(layer(x), x, w, mask, b)
