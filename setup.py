@@ -16,6 +16,15 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
+def build_tool(module: str, attribute: str, name: str) -> str:
+    """The cmake / ninja of the PyPI packages in this environment (system ones may be too old, and
+    an environment's bin folder is not on PATH unless it was activated); else the one on PATH."""
+    try:
+        return str(Path(getattr(__import__(module), attribute)) / name)
+    except (ImportError, AttributeError):
+        return name
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -39,14 +48,16 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             "-DCMAKE_BUILD_TYPE=Release",
             "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={build_tool('ninja', 'BIN_DIR', 'ninja')}",
         ]
         cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
         if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
             args.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home) / 'bin' / 'nvcc'}")
         source_dir = Path(__file__).parent.resolve()
-        subprocess.run(["cmake", "-S", str(source_dir), "-B", str(build_dir), *args], check=True)
+        cmake = build_tool("cmake", "CMAKE_BIN_DIR", "cmake")
+        subprocess.run([cmake, "-S", str(source_dir), "-B", str(build_dir), *args], check=True)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
-        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        subprocess.run([cmake, "--build", str(build_dir), "--parallel", jobs], check=True)
 
 
 setup(
