@@ -84,14 +84,16 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 # Time of one call relative to the dense product at the same batch M, as a function of the
 # density δ: a sparse kernel costs ≈ a + b·δ (a: work that does not shrink with δ, such as the
 # bitmap walk over every word; b: per kept value), the dense product 1. CPU entries are fitted to
-# the sweep of benchmarks/bench_sparse_linear.py (benchmarks/RESULTS.md, "Sparse linear"; the
-# machine was shared, so they are rounded towards dense). CUDA entries follow the byte arithmetic of
-# docs/anchors.md (decode reads dominate) until an H200 run calibrates them.
+# benchmarks/bench_sparse_linear.py on the development machine when it was quiet (RESULTS.md,
+# "Sparse linear"): there MKL's dense product runs at memory speed and the bitmap walk is
+# compute-bound at ~1.3x its time whatever the density, so only csr16 at high sparsity wins.
+# CUDA entries follow the byte arithmetic of docs/anchors.md (decode reads dominate) until an H200
+# run calibrates them.
 # device type -> [(largest M, {format: (a, b)}), ...]
 COST_MODEL = {
-    "cpu": [(8, {"bitmap": (0.3, 0.7), "csr16": (0.0, 4.0)}),          # value-walking kernels
-            (64, {"bitmap": (0.1, 1.3), "csr16": (0.02, 2.0)}),         # transposed tiles
-            (math.inf, {"bitmap": (0.1, 4.0), "csr16": (0.05, 5.0)})],  # dense GEMM at full speed
+    "cpu": [(8, {"bitmap": (1.3, 0.0), "csr16": (0.02, 5.0)}),         # value-walking kernels
+            (64, {"bitmap": (0.1, 5.0), "csr16": (0.1, 5.0)}),         # transposed tiles
+            (math.inf, {"bitmap": (0.2, 8.0), "csr16": (0.2, 8.0)})],  # dense GEMM at full speed
     "cuda": [(64, {"bitmap": (0.0625, 1.0), "csr16": (0.0, 2.0)}),
              (math.inf, {"bitmap": (0.1, 4.0), "csr16": (0.1, 4.0), "bsr": (0.05, 1.25)})],
 }

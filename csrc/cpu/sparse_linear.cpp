@@ -97,35 +97,34 @@ inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t
 }
 
 // acc[l] += sum_k vals[k] * xt[cols[k] * T + l] for the T lanes of one transposed x tile.
-// P independent accumulator sets (8 vectors in flight in all) hide the 4-cycle FMA latency.
+// Four independent accumulator sets hide the 4-cycle FMA latency; they are separate 1-d arrays
+// with constant indices so that GCC keeps them in registers (a 2-d array was spilled to the stack,
+// adding a store-to-load round trip to every FMA).
 template <int T, typename scalar_t, typename col_t, typename acc_t>
 void row_times_tile(const acc_t* xt, const col_t* cols, const scalar_t* vals, int64_t n, acc_t* acc_io) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<acc_t, float>) {
-    constexpr int V = T / 16, P = 8 / V;
-    __m512 acc[P][V];
-    for (int p = 0; p < P; ++p)
-      for (int v = 0; v < V; ++v) acc[p][v] = p == 0 ? _mm512_loadu_ps(acc_io + 16 * v) : _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + P <= n; k += P) {
-#pragma GCC unroll 8
-      for (int p = 0; p < P; ++p) {
-        const __m512 w = _mm512_set1_ps(to_float(vals[k + p]));
-        const float* xp = xt + static_cast<int64_t>(cols[k + p]) * T;
-#pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), acc[p][v]);
-      }
+    constexpr int V = T / 16;
+    __m512 a0[V], a1[V], a2[V], a3[V];
+    for (int v = 0; v < V; ++v) {
+      a0[v] = _mm512_loadu_ps(acc_io + 16 * v);
+      a1[v] = a2[v] = a3[v] = _mm512_setzero_ps();
     }
-    for (; k < n; ++k) {
+    const auto step = [&](__m512 (&a)[V], int64_t k) __attribute__((always_inline)) {
       const __m512 w = _mm512_set1_ps(to_float(vals[k]));
       const float* xp = xt + static_cast<int64_t>(cols[k]) * T;
-      for (int v = 0; v < V; ++v) acc[0][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), acc[0][v]);
+      for (int v = 0; v < V; ++v) a[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), a[v]);
+    };
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+      step(a0, k);
+      step(a1, k + 1);
+      step(a2, k + 2);
+      step(a3, k + 3);
     }
-    for (int v = 0; v < V; ++v) {
-      __m512 sum = acc[0][v];
-      for (int p = 1; p < P; ++p) sum = _mm512_add_ps(sum, acc[p][v]);
-      _mm512_storeu_ps(acc_io + 16 * v, sum);
-    }
+    for (; k < n; ++k) step(a0, k);
+    for (int v = 0; v < V; ++v)
+      _mm512_storeu_ps(acc_io + 16 * v, _mm512_add_ps(_mm512_add_ps(a0[v], a1[v]), _mm512_add_ps(a2[v], a3[v])));
     return;
   }
 #endif
@@ -193,10 +192,14 @@ void linear_by_tiles(const scalar_t* x, int64_t m_rows, int64_t in, const scalar
             // Columns are distinct and ascending, so the chunk's values are among the next
             // c1 - c0; counting those below c1 is a branch-free vector loop (a search would
             // mispredict).
-            const int64_t window = std::min(offsets[r + 1] - k, c1 - c0);
-            n = 0;
-#pragma omp simd reduction(+ : n)
-            for (int64_t i = 0; i < window; ++i) n += cols16[k + i] < c1;
+            // 16-bit compares into a 32-bit count: 16 columns per vector instruction.
+            const int32_t window = static_cast<int32_t>(std::min(offsets[r + 1] - k, c1 - c0));
+            const uint16_t last = static_cast<uint16_t>(c1 - 1);
+            const uint16_t* window_cols = cols16 + k;
+            int32_t below = 0;
+#pragma omp simd reduction(+ : below)
+            for (int32_t i = 0; i < window; ++i) below += window_cols[i] <= last;
+            n = below;
             row_times_tile<T>(xtile, cols16 + k, vals + k, n, partial.data() + (r - r0) * T);
           }
           k += n;
@@ -214,6 +217,8 @@ void linear_by_tiles(const scalar_t* x, int64_t m_rows, int64_t in, const scalar
 }
 
 #if defined(__AVX512F__)
+constexpr int kPrefetchBytes = 2048;
+
 // 16 values into float lanes: packed ones expanded to the set bits of `keep` (bitmap), or the
 // first popcount(keep) consecutive ones (csr16 tails).
 template <bool expand, typename scalar_t>
@@ -256,6 +261,9 @@ void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int
       const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
       for (int64_t w = 0; w < nwords; ++w) {
         const uint32_t word = words[w];
+        // One stream per row defeats the hardware prefetcher's latency hiding: ask 2 KB ahead
+        // (halves the time at 50% density on the development machine).
+        _mm_prefetch(reinterpret_cast<const char*>(v) + kPrefetchBytes, _MM_HINT_T0);
         const __mmask16 lo = static_cast<__mmask16>(word), hi = static_cast<__mmask16>(word >> 16);
         const __m512 v0 = load_values<true>(v, lo);
         v += std::popcount(word & 0xffffu);
@@ -270,6 +278,8 @@ void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int
       const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
       const int64_t n = offsets[r + 1] - offsets[r];
       for (int64_t k = 0; k < n; k += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(v + k) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(cols + k) + kPrefetchBytes, _MM_HINT_T0);
         const __mmask16 keep = n - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - k)) - 1);
         const __m512i c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, cols + k));
         const __m512 w = load_values<false>(v + k, keep);
