@@ -266,7 +266,10 @@ def _select(targets: list[_Target], rule, scope: str, weights: list[torch.Tensor
         srows = None if s is None else s.reshape(rows.shape)
         sums, count = _stats(rows, srows, qs)
         keep = rule.keep(sums, count)
-        out.append(ops.topk_mask(rows, keep, 1, mask=srows, magnitude=True).reshape(w.shape))
+        if scope == "layer":  # one long row: the global kernel spreads it over every thread
+            out.append(ops.global_topk_masks([w], int(keep[0]), masks=None if s is None else [s])[0])
+        else:
+            out.append(ops.topk_mask(rows, keep, 1, mask=srows, magnitude=True).reshape(w.shape))
     return out
 
 

@@ -225,21 +225,23 @@ bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask
   });
   int64_t survivors = 0;
   for (int k = 0; k < kLanes; ++k) survivors += lane_survivors[k];
-  double sum1 = 0, sum2 = 0, sumh = 0, largest = 0;
+  // Rows are short (a 4096-wide row is ~1000 cycles of memory time), so the lane reductions are
+  // vectorised too and only the sums in use are formed.
+  acc_t sum1 = 0, sum2 = 0, sumh = 0, largest = 0;
+#pragma omp simd reduction(+ : sum1, sum2, sumh) reduction(max : largest)
   for (int k = 0; k < kLanes; ++k) {
-    sum1 += s1[k];
-    sum2 += s2[k];
-    sumh += sh[k];
-    largest = std::max(largest, static_cast<double>(mx[k]));
+    if constexpr (kWithOne) sum1 += s1[k];
+    if constexpr (kWithTwo) sum2 += s2[k];
+    if constexpr (kWithHalf) sumh += sh[k];
+    largest = largest > mx[k] ? largest : mx[k];
   }
   const bool finite = std::isfinite(sum1) && std::isfinite(sum2) && std::isfinite(sumh);
-  if (!finite || largest > 0x1p40 || (largest > 0 && largest < 0x1p-40)) return false;
+  if (!finite || largest > acc_t(0x1p40) || (largest > 0 && largest < acc_t(0x1p-40))) return false;
   state.count = kMasked ? survivors : end - begin;
-  state.scale = static_cast<acc_t>(largest);
-  for (int j = 0; j < qs.count; ++j) {
-    const double sum = qs.kind[j] == kOne ? sum1 : qs.kind[j] == kTwo ? sum2 : sumh;
-    state.sums[j] = largest > 0 ? static_cast<acc_t>(sum / std::pow(largest, static_cast<double>(qs.value[j]))) : 0;
-  }
+  state.scale = largest;
+  const acc_t inv = largest > 0 ? acc_t(1) / largest : acc_t(0);  // largest >= 2^-40: finite
+  for (int j = 0; j < qs.count; ++j)
+    state.sums[j] = qs.kind[j] == kOne ? sum1 * inv : qs.kind[j] == kTwo ? (sum2 * inv) * inv : sumh * std::sqrt(inv);
   return true;
 }
 
