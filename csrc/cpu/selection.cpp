@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "selection_checks.h"
 #include "selection_common.h"
 
 namespace lqk {
@@ -204,21 +205,7 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
 std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, const at::Tensor& k_in,
                                                      const std::optional<at::Tensor>& mask_in,
                                                      bool magnitude, bool largest) {
-  TORCH_CHECK(x_in.dim() == 2, "row_topk_mask: expects a (rows, n) tensor, got shape ", x_in.sizes());
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "row_topk_mask: scores must be floating point, got ",
-              x_in.scalar_type());
-  TORCH_CHECK(k_in.scalar_type() == at::kLong && k_in.dim() == 1 && k_in.size(0) == x_in.size(0),
-              "row_topk_mask: k must be an int64 tensor of shape (", x_in.size(0), "), got ",
-              k_in.scalar_type(), " of shape ", k_in.sizes());
-  TORCH_CHECK(k_in.device() == x_in.device(), "row_topk_mask: k is on ", k_in.device(),
-              " but scores are on ", x_in.device());
-  if (mask_in) {
-    TORCH_CHECK(mask_in->scalar_type() == at::kBool && mask_in->sizes() == x_in.sizes() &&
-                    mask_in->device() == x_in.device(),
-                "row_topk_mask: mask must be a bool tensor of shape ", x_in.sizes(), " on ",
-                x_in.device(), ", got ", mask_in->scalar_type(), " of shape ", mask_in->sizes(),
-                " on ", mask_in->device());
-  }
+  check_row_topk_args(x_in, k_in, mask_in);
   const at::Tensor x = x_in.contiguous(), k = k_in.contiguous();
   const std::optional<at::Tensor> mask =
       mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;

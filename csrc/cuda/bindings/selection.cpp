@@ -7,6 +7,7 @@
 
 #include "cuda/bindings/common.h"
 #include "cuda/kernels/selection.cuh"
+#include "selection_checks.h"
 
 namespace lqk::cuda {
 namespace {
@@ -15,11 +16,7 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cuda(const at::Tensor& x_in, co
                                                       const std::optional<at::Tensor>& mask_in,
                                                       bool magnitude, bool largest) {
   check_rows(x_in, mask_in, "row_topk_mask");
-  TORCH_CHECK(k_in.scalar_type() == at::kLong && k_in.dim() == 1 && k_in.size(0) == x_in.size(0),
-              "row_topk_mask: k must be an int64 tensor of shape (", x_in.size(0), "), got ",
-              k_in.scalar_type(), " of shape ", k_in.sizes());
-  TORCH_CHECK(k_in.device() == x_in.device(), "row_topk_mask: k is on ", k_in.device(),
-              " but scores are on ", x_in.device());
+  check_row_topk_args(x_in, k_in, mask_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), k = k_in.contiguous();
   const std::optional<at::Tensor> mask =
