@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -211,18 +212,28 @@ template <bool kMasked, bool kWithOne, bool kWithTwo, bool kWithHalf, typename s
 bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask, int64_t begin,
                        int64_t end, const Exponents<acc_t>& qs, PowSumState<acc_t>& state) {
   acc_t s1[kLanes] = {}, s2[kLanes] = {}, sh[kLanes] = {}, mx[kLanes] = {};
-  int64_t lane_survivors[kLanes] = {};
-  for_lanes(begin, end, [&](int64_t i, int k) {
-    acc_t v = std::abs(static_cast<acc_t>(x[i]));
-    if constexpr (kMasked) {
-      v = mask[i] ? v : acc_t(0);
-      lane_survivors[k] += mask[i];
+  int32_t lane_survivors[kLanes] = {};  // 32-bit lanes keep the loop at the floats' vector width
+  // The mask block is copied to a local array first: a bool pointer may alias the lane arrays,
+  // and the compiler would otherwise fall back to scalar code.
+  auto lanes = [&](int64_t i0, int width) {
+    uint8_t keep[kLanes];
+    if constexpr (kMasked) std::memcpy(keep, mask + i0, width);
+#pragma omp simd
+    for (int k = 0; k < width; ++k) {
+      acc_t v = std::abs(static_cast<acc_t>(x[i0 + k]));
+      if constexpr (kMasked) {
+        v = keep[k] ? v : acc_t(0);
+        lane_survivors[k] += keep[k];
+      }
+      mx[k] = mx[k] > v ? mx[k] : v;
+      if constexpr (kWithOne) s1[k] += v;
+      if constexpr (kWithTwo) s2[k] += v * v;
+      if constexpr (kWithHalf) sh[k] += std::sqrt(v);
     }
-    mx[k] = mx[k] > v ? mx[k] : v;
-    if constexpr (kWithOne) s1[k] += v;
-    if constexpr (kWithTwo) s2[k] += v * v;
-    if constexpr (kWithHalf) sh[k] += std::sqrt(v);
-  });
+  };
+  int64_t i0 = begin;
+  for (; i0 + kLanes <= end; i0 += kLanes) lanes(i0, kLanes);
+  if (i0 < end) lanes(i0, static_cast<int>(end - i0));
   int64_t survivors = 0;
   for (int k = 0; k < kLanes; ++k) survivors += lane_survivors[k];
   // Rows are short (a 4096-wide row is ~1000 cycles of memory time), so the lane reductions are
