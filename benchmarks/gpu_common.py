@@ -1,5 +1,6 @@
 """Shared by the GPU benchmark scripts: timing (median of triton.testing.do_bench), the machine's
 measured copy bandwidth, and relative error against float64."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -33,3 +34,12 @@ def write(lines: list[str], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text + "\n")
     print(text)
+
+
+def start(doc: str, default_out: str):
+    """Every GPU script's opening: (output path from --out, measured copy bandwidth, a seeded CUDA
+    generator)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--out", default=default_out)
+    out = parser.parse_args().out
+    return out, copy_bandwidth(), torch.Generator(device="cuda").manual_seed(0)

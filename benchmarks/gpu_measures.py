@@ -4,10 +4,8 @@ peers, and each result's relative error against float64.
 
     python benchmarks/gpu_measures.py --out $OUT/gpu_measures.md
 """
-import argparse
-
 import torch
-from gpu_common import copy_bandwidth, header, median_ms, rel_err, write
+from gpu_common import header, median_ms, rel_err, start, write
 
 from lqkernels import ops
 from peers import torch_lq_norm, torch_pq_index
@@ -16,15 +14,11 @@ ROWS, COLS = 14336, 4096
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="out/gpu_measures.md")
-    args = parser.parse_args()
-    bw = copy_bandwidth()
+    out, bw, gen = start(__doc__, "out/gpu_measures.md")
     lines = [header(),
              f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s; W = {ROWS} x {COLS}, dim=1 unless noted", "",
              "| op | dtype | backend | time (us) | read GB/s | % of copy BW | peer (us) | peer / ours | rel err vs fp64 |",
              "|---|---|---|---|---|---|---|---|---|"]
-    gen = torch.Generator(device="cuda").manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):
         w = torch.randn(ROWS, COLS, device="cuda", dtype=dtype, generator=gen)
         w64 = w.double()
@@ -47,7 +41,7 @@ def main() -> None:
                 lines.append(f"| {name} | {str(dtype)[6:]} | {backend} | {ms * 1e3:.1f} | {read / 1e9:.0f} | "
                              f"{100 * read / bw:.0f}% | {peer_ms * 1e3:.1f} | {peer_ms / ms:.2f}x | {err:.1e} |")
             print(lines[-2], lines[-1], sep="\n", flush=True)
-    write(lines, args.out)
+    write(lines, out)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,15 @@ Every result is checked against the reference before it is timed.
 
     python benchmarks/gpu_selection.py --out $OUT/gpu_selection.md
 """
-import argparse
-
 import torch
-from gpu_common import copy_bandwidth, header, median_ms, write
+from gpu_common import header, median_ms, start, write
 
 from lqkernels import _ops, ops
 from peers import torch_global_masks, torch_rowwise_topk_mask, torch_topk_rows_mask
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="out/gpu_selection.md")
-    args = parser.parse_args()
-    bw = copy_bandwidth()
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    out, bw, gen = start(__doc__, "out/gpu_selection.md")
     lines = [header(), f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s", "",
              "| case | backend | time (us) | floor (us) | time / floor | sort peer / ours | topk peer / ours |",
              "|---|---|---|---|---|---|---|"]
@@ -51,7 +45,7 @@ def main() -> None:
         lines.append(f"| global 16 x 4M fp32, k = half | {backend} | {ms * 1e3:.1f} | {floor_ms * 1e3:.1f} | "
                      f"{ms / floor_ms:.2f} | kthvalue(cat) peer / ours: {peer_ms / ms:.1f}x | |")
         print(lines[-1], flush=True)
-    write(lines, args.out)
+    write(lines, out)
 
 
 if __name__ == "__main__":

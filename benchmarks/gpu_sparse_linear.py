@@ -10,10 +10,8 @@ Relative errors against float64 are reported with each time. Budget: about a min
 
     python benchmarks/gpu_sparse_linear.py --out $OUT/gpu_sparse_linear.md
 """
-import argparse
-
 import torch
-from gpu_common import copy_bandwidth, header, median_ms, rel_err, write
+from gpu_common import header, median_ms, rel_err, start, write
 from torch.nn import functional as F
 
 from lqkernels.nn import SparseLinear
@@ -29,11 +27,7 @@ def masked_layer(mask: torch.Tensor, gen: torch.Generator):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="out/gpu_sparse_linear.md")
-    args = parser.parse_args()
-    bw = copy_bandwidth()
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    out, bw, gen = start(__doc__, "out/gpu_sparse_linear.md")
     lines = [header(), f"copy bandwidth (read + write): {bw / 1e12:.2f} TB/s; W = {OUT_FEATURES} x {IN_FEATURES} bf16", "",
              "| case | batch | kernel | time (us) | cuBLAS (us) | cuBLAS / ours | weight bytes read, % of copy BW | rel err vs fp64 |",
              "|---|---|---|---|---|---|---|---|"]
@@ -79,7 +73,7 @@ def main() -> None:
                              f"{dense / t:.2f} | | {rel_err(F.linear(x, semi), F.linear(x.double(), masked.double())):.1e} |")
         except (RuntimeError, NotImplementedError) as err:
             lines.append(f"| 2:4 semi-structured (torch) | - | unavailable: {str(err).splitlines()[0][:80]} | | | | | |")
-    write(lines, args.out)
+    write(lines, out)
 
 
 if __name__ == "__main__":
