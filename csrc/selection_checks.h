@@ -24,4 +24,16 @@ inline void check_row_topk_args(const at::Tensor& x, const at::Tensor& k, const 
   }
 }
 
+// The checked arguments of row_topk_mask, made contiguous for the kernels.
+struct RowTopkInputs {
+  at::Tensor x, k;
+  std::optional<at::Tensor> mask;
+};
+
+inline RowTopkInputs row_topk_inputs(const at::Tensor& x, const at::Tensor& k, const std::optional<at::Tensor>& mask) {
+  check_row_topk_args(x, k, mask);
+  return {x.contiguous(), k.contiguous(),
+          mask ? std::optional<at::Tensor>(mask->contiguous()) : std::nullopt};
+}
+
 }  // namespace lqk

@@ -205,10 +205,7 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
 std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, const at::Tensor& k_in,
                                                      const std::optional<at::Tensor>& mask_in,
                                                      bool magnitude, bool largest) {
-  check_row_topk_args(x_in, k_in, mask_in);
-  const at::Tensor x = x_in.contiguous(), k = k_in.contiguous();
-  const std::optional<at::Tensor> mask =
-      mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  const auto [x, k, mask] = row_topk_inputs(x_in, k_in, mask_in);
   const int64_t rows = x.size(0), n = x.size(1);
   at::Tensor out = at::empty({rows, n}, x.options().dtype(at::kBool));
   at::Tensor threshold = at::empty({rows}, x.options());
