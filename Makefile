@@ -23,6 +23,11 @@ bench: $(VENV)/.built
 
 build: $(VENV)/.built
 
+# The papers' numerical studies (experiments/), then docs/RESULTS.md from their tables.
+studies: $(VENV)/.built
+	for study in experiments/study*.py; do $(PY) $$study || exit 1; done
+	$(PY) experiments/collect.py
+
 $(VENV)/.deps:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
