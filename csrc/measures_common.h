@@ -35,7 +35,7 @@ LQK_HD int exponent_kind(double q) {
 template <typename acc_t>
 LQK_HD acc_t rescale_factor(acc_t old_scale, acc_t new_scale, acc_t q) {
   if (old_scale == new_scale) return acc_t(1);
-  if (!(new_scale > acc_t(0))) return acc_t(0);
+  if (!(old_scale > acc_t(0)) || !(new_scale > acc_t(0))) return acc_t(0);  // empty sums: no pow
   if constexpr (sizeof(acc_t) == sizeof(float)) {
     return powf(old_scale / new_scale, q);
   } else {

@@ -61,43 +61,36 @@ __device__ __forceinline__ acc_t power_term(acc_t r, acc_t log2r, acc_t q, int k
   }
 }
 
+// Block-wide reductions through warp shuffles and one shared slot per warp; every thread gets the
+// result.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op) {
+  __shared__ T slots[kThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // the slots may still be read by a previous call
+  if (lane == 0) slots[warp] = v;
+  __syncthreads();
+  v = slots[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) v = op(v, slots[w]);
+  return v;
+}
+
+// Merges the block's thread states into thread 0's. Rescaling pairs of states as a tree would cost
+// a pow per exponent at every level; instead every thread rescales once to the block's maximum,
+// after which the sums add plainly.
 template <typename acc_t>
 __device__ void block_merge(State<acc_t>& st, const Exponents<acc_t>& qs) {
-  __shared__ acc_t sh_scale[kThreads / 32];
-  __shared__ acc_t sh_sums[kThreads / 32][kMaxExponents];
-  __shared__ long long sh_count[kThreads / 32];
-  __shared__ bool sh_nan[kThreads / 32];
-  auto warp_merge = [&] {
-    for (int offset = 16; offset > 0; offset /= 2) {
-      acc_t other_sums[kMaxExponents];
+  const acc_t block_scale = block_reduce(st.scale, [](acc_t a, acc_t b) { return a > b ? a : b; });
 #pragma unroll
-      for (int j = 0; j < kMaxExponents; ++j)
-        other_sums[j] = __shfl_down_sync(0xffffffffu, st.sums[j], offset);
-      const acc_t other_scale = __shfl_down_sync(0xffffffffu, st.scale, offset);
-      const long long other_count = __shfl_down_sync(0xffffffffu, st.count, offset);
-      const bool other_nan = __shfl_down_sync(0xffffffffu, static_cast<int>(st.nan), offset);
-      st.merge(other_scale, other_sums, other_count, other_nan, qs);
-    }
-  };
-  warp_merge();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    sh_scale[warp] = st.scale;
-#pragma unroll
-    for (int j = 0; j < kMaxExponents; ++j) sh_sums[warp][j] = st.sums[j];
-    sh_count[warp] = st.count;
-    sh_nan[warp] = st.nan;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const bool live = lane < kThreads / 32;
-    st.scale = live ? sh_scale[lane] : acc_t(0);
-#pragma unroll
-    for (int j = 0; j < kMaxExponents; ++j) st.sums[j] = live ? sh_sums[lane][j] : acc_t(0);
-    st.count = live ? sh_count[lane] : 0;
-    st.nan = live ? sh_nan[lane] : false;
-    warp_merge();
-  }
+  for (int j = 0; j < kMaxExponents; ++j)
+    if (j < qs.count)
+      st.sums[j] = block_reduce(st.sums[j] * rescale_factor(st.scale, block_scale, qs.value[j]),
+                                [](acc_t a, acc_t b) { return a + b; });
+  st.scale = block_scale;
+  st.count = block_reduce(st.count, [](long long a, long long b) { return a + b; });
+  st.nan = block_reduce(int(st.nan), [](int a, int b) { return a | b; }) != 0;
 }
 
 template <typename scalar_t, typename acc_t>
