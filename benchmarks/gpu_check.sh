@@ -11,6 +11,9 @@ mkdir -p "$OUT"
 LOG="$OUT/check.log"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
 PY=${PY:-python3}
+# The device image's CXX (/opt/gcc) links libstdc++ statically, which torch extensions cannot use
+# (CMakeLists.txt refuses such a module): build with the system compiler.
+[ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-420}))
 left() {  # seconds left, at least $1 and at most $2
   local s=$((DEADLINE - SECONDS)); [ "$s" -lt "$1" ] && s=$1; [ "$s" -gt "$2" ] && s=$2; echo "$s"
