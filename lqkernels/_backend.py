@@ -24,8 +24,10 @@ REFERENCES = {
     "bsr_linear": _ops.bsr_linear_reference,
 }
 
-# On CUDA tensors, "auto" picks this backend per op. Until the GPU benchmarks have compared them
-# on an H200 (benchmarks/gpu_check.sh), the CUDA C++ kernel is the default.
+# On CUDA tensors, "auto" picks this backend per op. Measured on an H200 (benchmarks/RESULTS.md,
+# "H200"): CUDA C++ wins pq_index, whole-tensor norms, global selection, N:M groups and every
+# sparse-linear point; Triton wins single-exponent row norms and long-row top-k, but is 100x slower
+# on N:M groups, which share row_topk_mask.
 AUTO_CUDA = {op: "cuda" for op in REFERENCES}
 AUTO_CUDA["bsr_linear"] = "triton"  # block-sparse tiles need tl.dot's tensor cores; no CUDA C++ kernel
 
