@@ -2,6 +2,7 @@
 
     lqkernels report MODEL [--scope layer|neuron|global] [--q 0.5] [--p 0.5 --pq 1.0] [--csv FILE]
     lqkernels prune MODEL --method sap|lq_neuron|magnitude [options] --out FILE
+    lqkernels demo [--model MODEL] [options]    (python -m lqkernels.demo; `lqkernels demo --help`)
 
 MODEL is `package.module:factory` (imported from the current directory or sys.path; factory() must
 return an nn.Module) or a checkpoint path written by torch.save(model) (a whole pickled module:
@@ -22,7 +23,7 @@ from torch import nn
 
 from lqkernels import prune
 
-__all__ = ["main", "load_model"]
+__all__ = ["main", "load_model", "remove_masks"]
 
 
 def load_model(spec: str, weights: str | None = None) -> nn.Module:
@@ -52,14 +53,25 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
     return model
 
 
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Makes every torch.nn.utils.prune mask permanent (prune.remove): plain weights holding zeros
+    where pruned, no hooks. Returns the model."""
+    for module in model.modules():
+        for name in [n[:-5] for n in module._buffers if n.endswith("_mask")]:
+            if hasattr(module, name + "_orig"):
+                torch.nn.utils.prune.remove(module, name)
+    return model
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lqkernels", description="ℓq compressibility reports and adaptive (ℓq / PQI) pruning of a "
         "PyTorch model (docs/paper.md). MODEL: package.module:factory or a torch.save'd module file.",
         epilog="examples:\n  lqkernels report mypkg.models:make_mlp --scope neuron\n"
-               "  lqkernels prune model.pt --method sap --scope layer --out pruned.pt",
+               "  lqkernels prune model.pt --method sap --scope layer --out pruned.pt\n"
+               "  lqkernels demo --model mypkg.models:make_mlp",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{report,prune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{report,prune,demo}")
 
     def common(p):
         p.add_argument("model", metavar="MODEL", help="package.module:factory, or a checkpoint from torch.save(model)")
@@ -94,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--amount", type=float, help="magnitude: fraction of survivors to prune, in [0, 1]")
     pr.add_argument("--out", required=True, help="file to torch.save the pruned model to")
     pr.add_argument("--remove", action="store_true", help="make pruning permanent (prune.remove) before saving")
+    # The demo parses its own options (lqkernels.demo); main() hands it everything after "demo".
+    sub.add_parser("demo", add_help=False, help="measure, prune, sparsify and time the digits MLP or "
+                                                "--model (lqkernels demo --help)")
     return parser
 
 
@@ -114,7 +129,13 @@ def _prune(model: nn.Module, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 on success)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from lqkernels import demo  # here: the demo imports this module
+        demo.main(rest, prog="lqkernels demo")
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         model = load_model(args.model, args.weights)
         if args.command == "report":
@@ -134,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         total_left, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
         print(f"{'all weights':<30} {total_left:>10} / {total:<10} kept ({100 * total_left / total:.2f}%)")
         if args.remove:
-            for module in model.modules():
-                for name in [n[:-5] for n in module._buffers if n.endswith("_mask")]:
-                    if hasattr(module, name + "_orig"):
-                        torch.nn.utils.prune.remove(module, name)
+            remove_masks(model)
         torch.save(model, args.out)
         print(f"saved to {args.out}")
         return 0

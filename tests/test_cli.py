@@ -1,4 +1,4 @@
-"""The `lqkernels` command: help, report and prune on a factory (tests/cli_models.py) or a checkpoint."""
+"""The `lqkernels` command: help, report, prune and demo on a factory (tests/cli_models.py) or a checkpoint."""
 import subprocess
 import sys
 
@@ -12,6 +12,7 @@ from lqkernels import cli, prune
 def test_help_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-m", "lqkernels", "--help"], capture_output=True, text=True, check=True)
     assert "report" in out.stdout and "prune" in out.stdout and "package.module:factory" in out.stdout
+    assert "demo" in out.stdout
 
 
 def test_subcommand_help(capsys):
@@ -20,6 +21,22 @@ def test_subcommand_help(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--method" in text and "--out" in text and "--amount" in text
+
+
+def test_demo_subcommand(tmp_path, capsys):
+    assert cli.main(["demo", "--model", "cli_models:tiny_mlp", "--rounds", "1", "--batches", "2",
+                     "--repeats", "1", "--plot", str(tmp_path / "demo.png")]) == 0
+    out = capsys.readouterr().out
+    assert "Compressibility" in out and "SAP" in out and "sparsify_" in out and "Summary" in out
+    assert (tmp_path / "demo.png").exists()
+
+
+def test_demo_subcommand_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: lqkernels demo") and "--model" in text and "--plot" in text
 
 
 def test_report_from_factory(capsys, tmp_path):
@@ -65,6 +82,7 @@ def test_weights_file(tmp_path, capsys):
     (["report", "no_such_module:f"], "cannot load factory 'no_such_module:f'"),
     (["report", "cli_models:not_a_module"], "returned a int, not an nn.Module"),
     (["report", "missing.pt"], "neither an existing checkpoint file nor package.module:factory"),
+    (["report", "cli_models:tiny_mlp", "--bogus"], "unrecognized arguments: --bogus"),
     (["prune", "cli_models:tiny_mlp", "--method", "sap", "--p", "1.0", "--out", "x.pt"], "p < q, got p=1, q=1"),
     (["prune", "cli_models:tiny_mlp", "--method", "magnitude", "--out", "x.pt"], "needs --amount"),
     (["prune", "cli_models:tiny_mlp", "--method", "magnitude", "--amount", "2", "--out", "x.pt"], "got 2.0"),
