@@ -87,18 +87,26 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 # benchmarks/bench_sparse_linear.py on the development machine when it was quiet (RESULTS.md,
 # "Sparse linear"): there MKL's dense product runs at memory speed and the bitmap walk is
 # compute-bound at ~1.3x its time whatever the density, so only csr16 at high sparsity wins.
-# CUDA entries follow the byte arithmetic of docs/anchors.md (decode reads dominate) until an H200
-# run calibrates them.
+# CUDA entries are fitted to the H200 run (benchmarks/h200/gpu_sparse_linear.md: bf16,
+# 14336x4096, sparsity 50-95%, batch 1-64): there cuBLAS reads W at ~2.9 TB/s while the decode
+# kernels reach 5-16% of copy bandwidth, so only csr16 at >= ~92% sparsity and batch <= 4 wins;
+# past batch 64 nothing unstructured was measured to win (bsr is modelled, never chosen by auto).
 # device type -> [(largest M, {format: (a, b)}), ...]
 COST_MODEL = {
     "cpu": [(8, {"bitmap": (1.3, 0.0), "csr16": (0.02, 5.0)}),         # value-walking kernels
             (64, {"bitmap": (0.1, 5.0), "csr16": (0.1, 5.0)}),         # transposed tiles
             (math.inf, {"bitmap": (0.2, 8.0), "csr16": (0.2, 8.0)})],  # dense GEMM at full speed
-    "cuda": [(64, {"bitmap": (0.0625, 1.0), "csr16": (0.0, 2.0)}),
-             (math.inf, {"bitmap": (0.1, 4.0), "csr16": (0.1, 4.0), "bsr": (0.05, 1.25)})],
+    "cuda": [(4, {"bitmap": (1.0, 10.0), "csr16": (0.27, 7.9)}),
+             (16, {"bitmap": (2.1, 22.0), "csr16": (0.41, 17.0)}),
+             (64, {"bitmap": (7.2, 81.0), "csr16": (0.9, 59.0)}),
+             (math.inf, {"bsr": (0.1, 3.2)})],
 }
 # Below this predicted cost a sparse kernel is worth it (a 5% margin for the model's error).
 SPARSE_WORTH_IT = 0.95
+# Layers with fewer weights stay dense: a sparse call's fixed cost (dispatch, allocation, ~10-20 us)
+# is then more than the whole dense product (a 10x1024 layer at 11% density ran 3x slower as csr16
+# than dense on one CPU thread).
+MIN_SPARSE_WEIGHTS = 1 << 16
 
 
 def predicted_cost(format: str, density: float, batch: int, device_type: str) -> float:
@@ -112,9 +120,11 @@ def predicted_cost(format: str, density: float, batch: int, device_type: str) ->
     return math.inf
 
 
-def choose_format(density: float, device_type: str, batch: int = 1) -> str:
-    """The format "auto" stores: the cheapest at decode-sized batches, or "dense" where no sparse
-    format is predicted to beat the dense product."""
+def choose_format(density: float, device_type: str, batch: int = 1, weights: int = MIN_SPARSE_WEIGHTS) -> str:
+    """The format "auto" stores for a layer of `weights` weights: the cheapest at decode-sized
+    batches, or "dense" where no sparse format is predicted to beat the dense product."""
+    if weights < MIN_SPARSE_WEIGHTS:
+        return "dense"
     costs = {f: predicted_cost(f, density, batch, device_type) for f in ("bitmap", "csr16")}
     best = min(costs, key=costs.get)
     return best if costs[best] < SPARSE_WORTH_IT else "dense"
@@ -149,7 +159,7 @@ class SparseLinear(nn.Linear):
         stored = format
         if self.auto:
             density = mask.float().mean().item() if mask.numel() else 1.0
-            stored = choose_format(density, weight.device.type)
+            stored = choose_format(density, weight.device.type, weights=weight.numel())
             if stored == "csr16" and weight.shape[1] > 65536:
                 stored = "bitmap"
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))

@@ -307,7 +307,10 @@ def test_auto_keeps_dense_where_sparse_is_slower(gen):
     w = torch.randn(32, 64, generator=gen)
     full = SparseLinear.from_linear(dense_linear(w), torch.ones(32, 64, dtype=torch.bool))
     assert full.format == "dense" and "auto:dense" in repr(full)
-    sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(32, 64, generator=gen) < 0.1)
+    tiny = SparseLinear.from_linear(dense_linear(w), torch.rand(32, 64, generator=gen) < 0.05)
+    assert tiny.format == "dense"  # too small for a sparse call's fixed cost to pay
+    w = torch.randn(256, 512, generator=gen)
+    sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(256, 512, generator=gen) < 0.05)
     assert sparse.format in ("bitmap", "csr16")
     assert sparse.resolved_backend(1) == "cpp"
 

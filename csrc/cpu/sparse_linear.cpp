@@ -54,6 +54,14 @@ void check_offsets(const char* op, const int64_t* offsets, int64_t out, int64_t 
                 offsets[r], " > ", offsets[r + 1], ")");
 }
 
+// How many parallel parts `work` multiply-adds deserve: four per thread when there is plenty (room
+// to balance), one when there is too little to pay for waking the other threads (a single part
+// runs inline, with no parallel region to wait on: a busy machine made tiny layers take ms).
+int64_t parts_for(int64_t work) {
+  constexpr int64_t kWorkPerPart = int64_t(1) << 16;
+  return std::clamp<int64_t>(work / kWorkPerPart, 1, int64_t(at::get_num_threads()) * 4);
+}
+
 // Splits rows [0, out) into `parts` contiguous ranges of about equal cost, where row r costs its
 // kept values plus `per_row` (the part of its work that does not depend on its density).
 std::vector<int64_t> balanced_splits(const int64_t* offsets, int64_t out, int64_t per_row, int64_t parts) {
@@ -164,7 +172,7 @@ void linear_by_tiles(const scalar_t* x, int64_t m_rows, int64_t in, const scalar
     }
   });
   const int64_t nwords = (in + 31) / 32;
-  const int64_t parts = at::get_num_threads() * 4;
+  const int64_t parts = parts_for(offsets[out] * m_rows);
   const std::vector<int64_t> bounds =
       balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
   // Tile-major task order keeps one xt tile in a core's cache while it sweeps W.
@@ -304,7 +312,7 @@ void linear_by_values(const scalar_t* x, int64_t m_rows, int64_t in, const scala
   std::vector<float> xf(static_cast<size_t>((m_rows + 7) / 8 * 8 * ld), 0.0f);
   for (int64_t m = 0; m < m_rows; ++m)
     for (int64_t c = 0; c < in; ++c) xf[m * ld + c] = to_float(x[m * in + c]);
-  const int64_t parts = at::get_num_threads() * 4;
+  const int64_t parts = parts_for(offsets[out] * m_rows);
   const std::vector<int64_t> bounds =
       balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
   at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
