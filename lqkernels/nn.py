@@ -84,18 +84,19 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 # Time of one call relative to the dense product at the same batch M, as a function of the
 # density δ: a sparse kernel costs ≈ a + b·δ (a: work that does not shrink with δ, such as the
 # bitmap walk over every word; b: per kept value), the dense product 1. CPU entries are fitted to
-# benchmarks/bench_sparse_linear.py on the development machine when it was quiet (RESULTS.md,
-# "Sparse linear"): there MKL's dense product runs at memory speed and the bitmap walk is
-# compute-bound at ~1.3x its time whatever the density, so only csr16 at high sparsity wins.
+# the full sweep of benchmarks/bench_sparse_linear.py (W 4096x4096 float32, 2 threads, sparsity
+# 0-99% uniform and per-row, RESULTS.md "Sparse linear"), where MKL's dense product runs at memory
+# speed: bitmap pays from ~70% sparsity at batch 1 and ~50% at batch 9-64, csr16 from ~90%, and
+# past batch 64 only csr16 above ~85% sparsity.
 # CUDA entries are fitted to the H200 run (benchmarks/h200/gpu_sparse_linear.md: bf16,
 # 14336x4096, sparsity 50-95%, batch 1-64): there cuBLAS reads W at ~2.9 TB/s while the decode
 # kernels reach 5-16% of copy bandwidth, so only csr16 at >= ~92% sparsity and batch <= 4 wins;
 # past batch 64 nothing unstructured was measured to win (bsr is modelled, never chosen by auto).
 # device type -> [(largest M, {format: (a, b)}), ...]
 COST_MODEL = {
-    "cpu": [(8, {"bitmap": (1.3, 0.0), "csr16": (0.02, 5.0)}),         # value-walking kernels
-            (64, {"bitmap": (0.1, 5.0), "csr16": (0.1, 5.0)}),         # transposed tiles
-            (math.inf, {"bitmap": (0.2, 8.0), "csr16": (0.2, 8.0)})],  # dense GEMM at full speed
+    "cpu": [(8, {"bitmap": (0.7, 0.6), "csr16": (0.04, 7.5)}),         # value-walking kernels
+            (64, {"bitmap": (0.2, 1.8), "csr16": (0.05, 3.2)}),         # transposed tiles
+            (math.inf, {"bitmap": (0.2, 5.0), "csr16": (0.05, 5.5)})],  # dense GEMM at full speed
     "cuda": [(4, {"bitmap": (1.0, 10.0), "csr16": (0.27, 7.9)}),
              (16, {"bitmap": (2.1, 22.0), "csr16": (0.41, 17.0)}),
              (64, {"bitmap": (7.2, 81.0), "csr16": (0.9, 59.0)}),
