@@ -49,7 +49,7 @@ from torch import nn
 from lqkernels import prune, theory
 from lqkernels.cli import load_model, remove_masks
 from lqkernels.nn import SparseLinear
-from lqkernels.prune import _table as format_table  # the report's fixed-width tables, shared
+from lqkernels.prune import format_table
 from lqkernels.sparsify import sparsify_
 
 HIDDEN = (128, 64)  # make_mlp's default: the small digits MLP (experiments/ use it too)

@@ -47,7 +47,7 @@ from lqkernels import ops, theory
 from lqkernels.theory import check_eta, check_number, check_pq
 
 __all__ = ["compressibility", "CompressibilityReport", "sap", "lq_neuron", "magnitude", "iterative",
-           "History", "prunable_weights", "SCOPES", "METHODS"]
+           "History", "prunable_weights", "format_table", "SCOPES", "METHODS"]
 
 SCOPES = ("neuron", "layer", "global")
 METHODS = ("sap", "lq_neuron", "lt", "os")
@@ -395,11 +395,11 @@ class CompressibilityReport:
                    ("keep (Thm 2)", "keep_pqi", "{:d}")]
         if s["tolerance"] is not None:
             columns.append(("keep (eps)", "keep_eps", "{:d}"))
-        parts = [head, _table(columns, [*self.layers, self.total], separate_last=True)]
+        parts = [head, format_table(columns, [*self.layers, self.total], separate_last=True)]
         if self.neurons:
             summary = _neuron_summary(self.layers, self.neurons)
             parts += ["", "Per neuron (over rows: PQI min / mean / max; keep counts summed):",
-                      _table([("layer", "layer", "{}"), ("rows", "rows", "{:d}"),
+                      format_table([("layer", "layer", "{}"), ("rows", "rows", "{:d}"),
                               ("PQI min", "min", "{:.4f}"), ("PQI mean", "mean", "{:.4f}"),
                               ("PQI max", "max", "{:.4f}"), ("keep (Thm 2)", "keep_pqi", "{:d}")]
                              + ([("keep (eps)", "keep_eps", "{:d}")] if s["tolerance"] is not None else []),
@@ -421,7 +421,10 @@ def _neuron_summary(layers, neurons) -> list[dict]:
     return out
 
 
-def _table(columns, rows, separate_last: bool = False) -> str:
+def format_table(columns, rows, separate_last: bool = False) -> str:
+    """A fixed-width text table (the reports' and the demo's): `columns` are (header, key, format
+    spec) triples, `rows` dicts; the first two columns align left, the rest right, and
+    `separate_last` rules off the last row (a total)."""
     cells = [[fmt.format(r[key]) for _, key, fmt in columns] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _, _) in enumerate(columns)]
 
