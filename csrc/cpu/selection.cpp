@@ -36,10 +36,10 @@ constexpr int kRowDigits = 1 << kRowDigitBits;
 constexpr int kWays = 4;
 
 // Radix selection of the k-th largest candidate key (1 <= k <= candidates), kRowDigitBits a pass.
-// The first pass histograms all of `keys` (candidates only, where `candidate` is given); later
-// passes see only the keys in `scratch` (size >= n) that share the prefix selected so far.
+// The first pass histograms all of `keys`; later passes see only the keys in `scratch` (size >= n)
+// that share the prefix selected so far.
 template <typename Key>
-Boundary<Key> radix_select(const Key* keys, const bool* candidate, int64_t n, int64_t k, Key* scratch) {
+Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) {
   constexpr int key_bits = sizeof(Key) * 8;
   int32_t ways[kWays][kRowDigits] = {};
   int64_t histogram[kRowDigits];
@@ -48,8 +48,8 @@ Boundary<Key> radix_select(const Key* keys, const bool* candidate, int64_t n, in
   int shift = key_bits - kRowDigitBits;
   int64_t i = 0;
   for (; i + kWays <= n; i += kWays)
-    for (int w = 0; w < kWays; ++w) ways[w][keys[i + w] >> shift] += !candidate || candidate[i + w];
-  for (; i < n; ++i) ways[0][keys[i] >> shift] += !candidate || candidate[i];
+    for (int w = 0; w < kWays; ++w) ++ways[w][keys[i + w] >> shift];
+  for (; i < n; ++i) ++ways[0][keys[i] >> shift];
   for (int d = 0; d < kRowDigits; ++d) {
     histogram[d] = 0;
     for (int w = 0; w < kWays; ++w) histogram[d] += ways[w][d];
@@ -59,7 +59,7 @@ Boundary<Key> radix_select(const Key* keys, const bool* candidate, int64_t n, in
   int64_t kept = 0;
   for (int64_t j = 0; j < n; ++j) {  // branch-free compaction
     scratch[kept] = keys[j];
-    kept += (keys[j] >> shift) == digit && (!candidate || candidate[j]);
+    kept += (keys[j] >> shift) == digit;
   }
   while (shift > 0) {
     const int bits = std::min(kRowDigitBits, shift);
@@ -173,7 +173,8 @@ int64_t pack_selected(const Key* keys, const bool* selected, int64_t n, Key* pac
 template <typename scalar_t, bool kMagnitude, bool kLargest>
 int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int64_t n, int64_t k,
                   typename KeyOf<AccOf<scalar_t>>::type* __restrict keys,
-                  typename KeyOf<AccOf<scalar_t>>::type* __restrict scratch, bool* __restrict out,
+                  typename KeyOf<AccOf<scalar_t>>::type* __restrict scratch,
+                  typename KeyOf<AccOf<scalar_t>>::type* __restrict packed, bool* __restrict out,
                   scalar_t& threshold, int64_t& candidates) {
   using acc_t = AccOf<scalar_t>;
   using Key = typename KeyOf<acc_t>::type;
@@ -194,7 +195,18 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
     threshold = static_cast<scalar_t>(key_value<acc_t>(worst, kMagnitude, kLargest));
     return 0;
   }
-  auto b = radix_select(keys, mask, n, k, scratch);
+  // The histogram passes run over the candidates' keys only, packed (branch-free) to the front of
+  // `packed`: fewer keys to count, and no mask test inside the passes.
+  const Key* ranked = keys;
+  if (mask) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      packed[m] = keys[i];
+      m += mask[i];
+    }
+    ranked = packed;
+  }
+  auto b = radix_select(ranked, count, k, scratch);
   // Everything ranked above the boundary, then the first `take` candidates on it.
   mark_above(keys, mask, n, b.kth, out);
   mark_ties(keys, mask, n, b.kth, b.take, out);
@@ -222,12 +234,12 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, con
     bool* op = out.data_ptr<bool>();
     scalar_t* tp = threshold.data_ptr<scalar_t>();
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<Key> keys(n), scratch(n);
+      std::vector<Key> keys(n), scratch(n), packed(mp ? n : 0);
       const auto select = magnitude ? (largest ? select_row<scalar_t, true, true> : select_row<scalar_t, true, false>)
                                     : (largest ? select_row<scalar_t, false, true> : select_row<scalar_t, false, false>);
       for (int64_t row = lo; row < hi; ++row)
         status[row] = select(xp + row * n, mp ? mp + row * n : nullptr, n, kp[row], keys.data(),
-                             scratch.data(), op + row * n, tp[row], candidates[row]);
+                             scratch.data(), packed.data(), op + row * n, tp[row], candidates[row]);
     });
   });
   for (int64_t row = 0; row < rows; ++row) {
