@@ -155,19 +155,25 @@ def _apply_masks(model: nn.Module, targets: list[_Target], masks: list[torch.Ten
     one, since only survivors were candidates: exactly the combination prune's PruningContainer
     would compute, without its clones and slice assignments and without a container growing by one
     method per round) and its `weight` recomputed; its existing hook reads the buffer, so forward, prune.remove and later
-    torch.nn.utils.prune calls see the new mask."""
+    torch.nn.utils.prune calls see the new mask.
+
+    Everything is installed under no_grad: the `weight` computed here is a plain tensor rather than
+    a graph node, so the pruned model can be deep-copied right away (torch.nn.utils.prune's own
+    calls leave a non-leaf there, which copy.deepcopy refuses); the hook recomputes it, with
+    gradients to weight_orig, at every forward."""
     snapshot = _Snapshot(model, values=False)
     try:
-        for target, mask in zip(targets, masks):
-            for module in target.modules:
-                old = getattr(module, target.attr + "_mask", None)
-                if old is None:
-                    torch_prune.custom_from_mask(module, target.attr, mask)
-                    continue
-                combined = torch.empty_like(old).copy_(mask)  # bool -> float: 2x faster than .to
-                module._buffers[target.attr + "_mask"] = combined
-                setattr(module, target.attr, getattr(module, target.attr + "_orig") * combined)
-            target.survivors = mask
+        with torch.no_grad():
+            for target, mask in zip(targets, masks):
+                for module in target.modules:
+                    old = getattr(module, target.attr + "_mask", None)
+                    if old is None:
+                        torch_prune.custom_from_mask(module, target.attr, mask)
+                        continue
+                    combined = torch.empty_like(old).copy_(mask)  # bool -> float: 2x faster than .to
+                    module._buffers[target.attr + "_mask"] = combined
+                    setattr(module, target.attr, getattr(module, target.attr + "_orig") * combined)
+                target.survivors = mask
     except BaseException:
         snapshot.restore()
         raise

@@ -476,3 +476,20 @@ def test_iterative_failure_restores_model(regression):
     with pytest.raises(ValueError, match="rewind state_dict has no entry for '0.bias'"):
         prune.iterative(model, train_fn, eval_fn, rewind={"0.weight": torch.zeros(24, 12)}, progress=False)
     assert_same(model, snap)
+
+
+def test_pruned_model_deep_copies_and_still_trains():
+    # Masks are installed under no_grad: deepcopy works right after each step (torch's own prune
+    # leaves a non-leaf `weight` there), and forward still sends gradients to weight_orig only
+    # where the mask keeps weights.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    for _ in range(2):
+        prune.sap(model)
+        twin = copy.deepcopy(model)
+        x = torch.randn(4, 8)
+        assert torch.equal(twin(x), model(x))
+    model(torch.randn(4, 8)).square().sum().backward()
+    grad, mask = model[0].weight_orig.grad, model[0].weight_mask
+    assert grad is not None and grad[mask == 1].abs().sum() > 0
+    assert torch.equal(grad[mask == 0], torch.zeros(int((mask == 0).sum())))
