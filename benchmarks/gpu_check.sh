@@ -39,7 +39,7 @@ timeout "$(left 60 200)" "${PYTEST[@]}" tests -k cuda > "$OUT/tests_gpu.log" 2>&
 echo "exit $? after $((SECONDS - start)) s: $(tail -1 "$OUT/tests_gpu.log")" | tee -a "$LOG"
 
 echo "== benchmarks" | tee -a "$LOG"
-for name in gpu_measures gpu_selection gpu_sparse_linear; do
+for name in gpu_measures gpu_selection gpu_sparse_linear gpu_profile; do
   start=$SECONDS
   timeout 100 $PY "benchmarks/$name.py" --out "$OUT/$name.md" >> "$LOG" 2>&1
   echo "$name: exit $? after $((SECONDS - start)) s" | tee -a "$LOG"
