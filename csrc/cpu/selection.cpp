@@ -35,26 +35,33 @@ constexpr int kRowDigits = 1 << kRowDigitBits;
 // exponents, so the first pass counts into kWays interleaved histograms and adds them up.
 constexpr int kWays = 4;
 
-// Radix selection of the k-th largest candidate key (1 <= k <= candidates), kRowDigitBits a pass.
-// The first pass histograms all of `keys`; later passes see only the keys in `scratch` (size >= n)
-// that share the prefix selected so far.
+// Bits of the digit a pass over `count` keys ranks by: clearing and summing the histogram costs
+// 2^bits (kWays times in the first pass), which for a row of a few thousand keys outweighs the
+// keys themselves at 11 bits, so rows up to 16K keys use 8-bit digits and one pass more.
+inline int digit_bits(int64_t count) { return count <= (int64_t(1) << 14) ? 8 : kRowDigitBits; }
+
+// Radix selection of the k-th largest candidate key (1 <= k <= candidates). The first pass
+// histograms all of `keys`; later passes see only the keys in `scratch` (size >= n) that share the
+// prefix selected so far.
 template <typename Key>
 Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) {
   constexpr int key_bits = sizeof(Key) * 8;
-  int32_t ways[kWays][kRowDigits] = {};
+  int32_t ways[kWays][kRowDigits];
   int64_t histogram[kRowDigits];
   Boundary<Key> b;
   b.take = k;
-  int shift = key_bits - kRowDigitBits;
+  const int first = digit_bits(n), first_digits = 1 << first;
+  for (auto& way : ways) std::fill(way, way + first_digits, 0);
+  int shift = key_bits - first;
   int64_t i = 0;
   for (; i + kWays <= n; i += kWays)
     for (int w = 0; w < kWays; ++w) ++ways[w][keys[i + w] >> shift];
   for (; i < n; ++i) ++ways[0][keys[i] >> shift];
-  for (int d = 0; d < kRowDigits; ++d) {
+  for (int d = 0; d < first_digits; ++d) {
     histogram[d] = 0;
     for (int w = 0; w < kWays; ++w) histogram[d] += ways[w][d];
   }
-  Key digit = static_cast<Key>(select_digit<int64_t>(histogram, kRowDigits, b.take));
+  Key digit = static_cast<Key>(select_digit<int64_t>(histogram, first_digits, b.take));
   b.kth = digit << shift;
   int64_t kept = 0;
   for (int64_t j = 0; j < n; ++j) {  // branch-free compaction
@@ -62,7 +69,7 @@ Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) 
     kept += (keys[j] >> shift) == digit;
   }
   while (shift > 0) {
-    const int bits = std::min(kRowDigitBits, shift);
+    const int bits = std::min(digit_bits(kept), shift);
     shift -= bits;
     const Key low = (Key(1) << bits) - 1;
     std::fill(histogram, histogram + (int64_t(1) << bits), 0);
