@@ -147,15 +147,6 @@ def train_digits_mlp(seed: int = 0, epochs: int = 30, batch_size: int = 64, lr: 
 
 
 # ---- pruning with a certificate ------------------------------------------------------------------
-def remaining_fraction(model: nn.Module) -> float:
-    """Fraction of the prunable weights (lqkernels.prune's choice) still kept."""
-    kept = total = 0
-    for _, w, survivors in prune.prunable_weights(model):
-        kept += w.numel() if survivors is None else int(survivors.sum())
-        total += w.numel()
-    return kept / total
-
-
 def _copy(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """copy.deepcopy(model). deepcopy refuses a pruned `weight` that still holds the graph of
     weight_orig * weight_mask, as torch.nn.utils.prune leaves it right after pruning; a forward on
@@ -187,7 +178,7 @@ def sap_rounds(model: nn.Module, rounds: int, x_eval: torch.Tensor, *, p: float 
         record = {"round": t, "pqi": prune.compressibility(model, q=p, p=p).total["pqi"]}
         before = remove_masks(_copy(model, x_eval))  # zeros where earlier rounds pruned
         prune.sap(model, p=p, q=1.0, gamma=gamma, beta=beta, scope=scope)
-        record["remaining"] = remaining_fraction(model)
+        record["remaining"] = prune.remaining_fraction(model)
         with torch.no_grad():
             record["change"] = (model(x_eval) - before(x_eval)).norm(dim=1).max().item()
         masks = {name: survivors for name, _, survivors in prune.prunable_weights(model)}

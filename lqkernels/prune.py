@@ -47,7 +47,7 @@ from lqkernels import ops, theory
 from lqkernels.theory import check_eta, check_number, check_pq
 
 __all__ = ["compressibility", "CompressibilityReport", "sap", "lq_neuron", "magnitude", "iterative",
-           "History", "prunable_weights", "format_table", "SCOPES", "METHODS"]
+           "History", "prunable_weights", "remaining_fraction", "format_table", "SCOPES", "METHODS"]
 
 SCOPES = ("neuron", "layer", "global")
 METHODS = ("sap", "lq_neuron", "lt", "os")
@@ -108,6 +108,15 @@ def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
         raise ValueError(f"{op}: the model has no prunable weight{chosen} (parameters named *weight* "
                          f"with dim > 1)")
     return list(by_param.values())
+
+
+def _kept_fraction(targets: list[_Target]) -> float:
+    return sum(t.survivor_count() for t in targets) / sum(t.param.numel() for t in targets)
+
+
+def remaining_fraction(model: nn.Module, include: Include = None) -> float:
+    """The fraction of the prunable weights (tied ones counted once) that their masks still keep."""
+    return _kept_fraction(_targets(model, include, "remaining_fraction"))
 
 
 def prunable_weights(model: nn.Module, include: Include = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
@@ -624,9 +633,7 @@ def _record(model, targets, t: int, p: float, q: float, metrics) -> dict:
     for target in targets:
         remaining[target.name] = target.survivor_count() / target.param.numel()
         pqi[target.name] = ops.pq_index(target.weight, p, q, mask=target.survivors).item()
-    alive = sum(target.survivor_count() for target in targets)
-    return {"round": t, "remaining": remaining,
-            "remaining_total": alive / sum(target.param.numel() for target in targets),
+    return {"round": t, "remaining": remaining, "remaining_total": _kept_fraction(targets),
             "pqi": pqi, "metrics": metrics}
 
 

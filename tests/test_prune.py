@@ -493,3 +493,11 @@ def test_pruned_model_deep_copies_and_still_trains():
     grad, mask = model[0].weight_orig.grad, model[0].weight_mask
     assert grad is not None and grad[mask == 1].abs().sum() > 0
     assert torch.equal(grad[mask == 0], torch.zeros(int((mask == 0).sum())))
+
+
+def test_remaining_fraction_counts_kept_weights():
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert prune.remaining_fraction(model) == 1.0
+    prune.magnitude(model, 0.5, scope="layer")
+    kept = sum(int(m.weight_mask.sum()) for m in (model[0], model[2]))
+    assert prune.remaining_fraction(model) == kept / (32 + 8)

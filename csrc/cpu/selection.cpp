@@ -86,6 +86,10 @@ Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) 
   return b;
 }
 
+// Masks as bytes: GCC leaves loops over bool loads scalar (perf showed the masked loops here were),
+// while uint8 lanes widen and add cleanly. torch's bool tensors hold 0 or 1 in each byte.
+inline const uint8_t* mask_bytes(const bool* mask) { return reinterpret_cast<const uint8_t*>(mask); }
+
 // Order keys of n scores (see selection_common.h).
 template <typename scalar_t, bool kMagnitude, bool kLargest>
 void compute_keys(const scalar_t* __restrict x, int64_t n,
@@ -103,9 +107,7 @@ std::pair<int64_t, int64_t> count_candidates(const scalar_t* __restrict x, const
   using acc_t = AccOf<scalar_t>;
   int64_t nans = 0, count = n;
   if (mask) {
-    // Read as bytes: GCC leaves loops over bool loads scalar (perf showed this one was), while
-    // uint8 lanes widen cleanly.
-    const uint8_t* __restrict m = reinterpret_cast<const uint8_t*>(mask);
+    const uint8_t* __restrict m = mask_bytes(mask);
     count = 0;
 #pragma omp simd reduction(+ : nans, count)
     for (int64_t i = 0; i < n; ++i) {
@@ -130,7 +132,7 @@ int64_t mark_above(const Key* __restrict keys, const bool* __restrict mask, int6
                    bool* __restrict out) {
   int64_t ties = 0;
   if (mask) {
-    const uint8_t* __restrict m = reinterpret_cast<const uint8_t*>(mask);  // as in count_candidates
+    const uint8_t* __restrict m = mask_bytes(mask);
     uint8_t* __restrict o = reinterpret_cast<uint8_t*>(out);
 #pragma omp simd reduction(+ : ties)
     for (int64_t i = 0; i < n; ++i) {
@@ -312,7 +314,7 @@ void global_select(const std::vector<const scalar_t*>& x_data, const std::vector
       if (first && mask) {
         // Whether an entry counts is then the mask's coin flip, which a branch would mispredict
         // half the time: add the mask byte instead.
-        const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);
+        const uint8_t* m = mask_bytes(mask);
         for (int64_t i = 0; i < n; ++i) histogram[(keys[i] >> shift) & (digits - 1)] += m[i];
       } else {
         for (int64_t i = 0; i < n; ++i)
