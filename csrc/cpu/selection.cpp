@@ -368,27 +368,13 @@ void global_select(const std::vector<const scalar_t*>& x_data, const std::vector
 std::vector<at::Tensor> global_topk_masks_cpu(at::TensorList xs_in,
                                               const std::optional<at::TensorList>& masks_in,
                                               int64_t k, bool magnitude, bool largest) {
-  TORCH_CHECK(!xs_in.empty(), "global_topk_masks: needs at least one tensor");
-  TORCH_CHECK(!masks_in || masks_in->size() == xs_in.size(), "global_topk_masks: got ",
-              masks_in ? masks_in->size() : 0, " masks for ", xs_in.size(), " tensors");
+  check_global_topk_args(xs_in, masks_in);
   std::vector<at::Tensor> xs, masks;
   std::vector<Span> spans;
   for (size_t t = 0; t < xs_in.size(); ++t) {
     const at::Tensor& x = xs_in[t];
-    TORCH_CHECK(x.scalar_type() == xs_in[0].scalar_type() && at::isFloatingType(x.scalar_type()),
-                "global_topk_masks: tensor ", t, " has dtype ", x.scalar_type(),
-                "; all must share one floating dtype (", xs_in[0].scalar_type(), ")");
-    TORCH_CHECK(x.device() == xs_in[0].device(), "global_topk_masks: tensor ", t, " is on ",
-                x.device(), " but tensor 0 is on ", xs_in[0].device());
     xs.push_back(x.contiguous());
-    if (masks_in) {
-      const at::Tensor& m = (*masks_in)[t];
-      TORCH_CHECK(m.scalar_type() == at::kBool && m.sizes() == x.sizes() && m.device() == x.device(),
-                  "global_topk_masks: mask ", t, " must be a bool tensor of shape ", x.sizes(),
-                  " on ", x.device(), ", got ", m.scalar_type(), " of shape ", m.sizes(), " on ",
-                  m.device());
-      masks.push_back(m.contiguous());
-    }
+    if (masks_in) masks.push_back((*masks_in)[t].contiguous());
     for (int64_t b = 0; b < x.numel(); b += kGlobalChunk)
       spans.push_back({static_cast<int64_t>(t), b, std::min(x.numel(), b + kGlobalChunk)});
   }

@@ -42,26 +42,14 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cuda(const at::Tensor& x_in, co
 std::vector<at::Tensor> global_topk_masks_cuda(at::TensorList xs_in,
                                                const std::optional<at::TensorList>& masks_in,
                                                int64_t k, bool magnitude, bool largest) {
-  TORCH_CHECK(!xs_in.empty(), "global_topk_masks: needs at least one tensor");
-  TORCH_CHECK(!masks_in || masks_in->size() == xs_in.size(), "global_topk_masks: got ",
-              masks_in ? masks_in->size() : 0, " masks for ", xs_in.size(), " tensors");
+  check_global_topk_args(xs_in, masks_in);
   const c10::cuda::CUDAGuard guard(xs_in[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(xs_in[0].get_device()).stream();
   std::vector<at::Tensor> xs, masks, outs;
   for (size_t t = 0; t < xs_in.size(); ++t) {
-    TORCH_CHECK(xs_in[t].is_cuda() && xs_in[t].device() == xs_in[0].device() &&
-                    xs_in[t].scalar_type() == xs_in[0].scalar_type(),
-                "global_topk_masks: tensor ", t, " is ", xs_in[t].scalar_type(), " on ", xs_in[t].device(),
-                "; all must be ", xs_in[0].scalar_type(), " on ", xs_in[0].device());
     dtype_of(xs_in[t]);
     xs.push_back(xs_in[t].contiguous());
-    if (masks_in) {
-      const at::Tensor& m = (*masks_in)[t];
-      TORCH_CHECK(m.scalar_type() == at::kBool && m.sizes() == xs_in[t].sizes() && m.device() == xs_in[t].device(),
-                  "global_topk_masks: mask ", t, " must be a bool tensor of shape ", xs_in[t].sizes(),
-                  " on ", xs_in[t].device());
-      masks.push_back(m.contiguous());
-    }
+    if (masks_in) masks.push_back((*masks_in)[t].contiguous());
     outs.push_back(at::zeros(xs_in[t].sizes(), xs_in[t].options().dtype(at::kBool)));
   }
   const DType dtype = dtype_of(xs[0]);
