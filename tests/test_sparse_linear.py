@@ -225,6 +225,31 @@ def test_kernel_errors_name_the_value(gen):
         torch.ops.lqkernels.csr16_linear(x, c["values"], offsets, c["columns"], b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr16_column_check_every_position(device, gen):
+    """The column check compares 32 columns at a time: a repeat or a descent anywhere in a long row
+    (either side of a 32-column boundary, in the tail) is caught, and columns past 32767 (negative
+    as int16) rank above smaller ones."""
+    in_features = 65536
+    kept = torch.cat([torch.arange(0, 50), torch.arange(32740, 32800), torch.arange(65500, 65536)])
+    mask = torch.zeros(2, in_features, dtype=torch.bool)
+    mask[0, kept] = True
+    mask[1, kept[::7]] = True
+    w = torch.randn(2, in_features, generator=gen)
+    x = torch.randn(3, in_features, generator=gen)
+    c = {k: v.to(device) for k, v in pack_weight(w, mask, "csr16").items()}
+    op = torch.ops.lqkernels.csr16_linear
+    expected = F.linear(x.double(), (w * mask).double())
+    torch.testing.assert_close(op(x.to(device), c["values"], c["row_offsets"], c["columns"], None).cpu().double(),
+                               expected, rtol=1e-5, atol=1e-4)
+    for position in (1, 31, 32, 33, 63, 64, 100, len(kept) - 1):
+        for how in ("repeat", "descend"):
+            cols = c["columns"].clone()
+            cols[position] = cols[position - 1] if how == "repeat" else cols[position - 1] - 1
+            with pytest.raises(RuntimeError, match="row 0 must be distinct and ascending"):
+                op(x.to(device), c["values"], c["row_offsets"], cols, None)
+
+
 def test_module_errors_name_the_value(gen):
     w, mask, b = random_layer(gen, 6, 40, torch.float32)
     layer = SparseLinear.from_linear(dense_linear(w, b), mask, format="bitmap")
