@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from lqkernels.nn import SparseLinear
 
 SIZE = 4096
-SPARSITIES = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)
-BATCHES = (1, 16, 64, 512)
+SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
+BATCHES = (1, 4, 8, 16, 64, 512)
 
 
 def pruning_mask(sparsity: float, varying: bool, gen: torch.Generator, size: int = SIZE) -> torch.Tensor:
@@ -98,15 +98,21 @@ for _batch, _sparsity in CLAIMS:
 
 # ---- the sweep (script) ----
 
-def median_ms(fn, x, budget_s: float, min_reps: int = 3, max_reps: int = 50) -> float:
-    fn(x)
-    times = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < max_reps):
-        start = time.perf_counter()
+def median_ms(fns: dict, x, budget_s: float, min_reps: int = 5, max_reps: int = 60) -> dict:
+    """Median ms of each of `fns` on x, timed interleaved (one call of each per round): on a shared
+    machine the speed drifts by up to 2x within minutes, and back-to-back blocks of calls of one
+    kernel would turn that drift into a false ratio."""
+    for fn in fns.values():
         fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times = {name: [] for name in fns}
+    deadline = time.perf_counter() + budget_s * len(fns)
+    while len(times[next(iter(fns))]) < min_reps or (time.perf_counter() < deadline and
+                                                      len(times[next(iter(fns))]) < max_reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
@@ -116,7 +122,7 @@ def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
     header = ("| density | sparsity | batch | dense ms | torch CSR ms | bitmap ms | csr16 ms | auto ms (format) "
               "| CSR / dense | bitmap / dense | csr16 / dense | auto / dense | auto vs CSR |")
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, W {SIZE}x{SIZE} float32, "
-             f"median of up to 50 calls within {budget_s} s each; ratios are speed-ups (> 1: faster than dense)",
+             f"median of 5-60 calls, interleaved, within {budget_s} s per kernel; ratios are speed-ups (> 1: faster than dense)",
              "", header, "|" + "---|" * 13]
     print("\n".join(lines), flush=True)
     with torch.no_grad():
@@ -126,9 +132,8 @@ def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
                 _, dense_peer, csr_peer = layers["auto"]
                 for batch in batches:
                     x = torch.randn(batch, SIZE, generator=torch.Generator().manual_seed(batch))
-                    t = {"dense": median_ms(dense_peer, x, budget_s), "csr": median_ms(csr_peer, x, budget_s)}
-                    for fmt, (layer, _, _) in layers.items():
-                        t[fmt] = median_ms(layer, x, budget_s)
+                    t = median_ms({"dense": dense_peer, "csr": csr_peer,
+                                   **{fmt: layer for fmt, (layer, _, _) in layers.items()}}, x, budget_s)
                     auto = layers["auto"][0]
                     chosen = auto.format if not auto._dense_path(batch) else "dense"
                     row = {"varying": varying, "sparsity": sparsity, "batch": batch, **t, "auto_format": chosen}
@@ -140,8 +145,35 @@ def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
                             f"{t['csr'] / t['auto']:.2f} |")
                     lines.append(line)
                     print(line, flush=True)
+    fit = fit_cost_table(rows)
+    if fit:
+        lines += ["", "Cost table for lqkernels.nn.COST_MODEL (each format's time / dense, worst of the batches and "
+                  "densities each entry covers):", "", "```python", fit, "```"]
+        print("\n".join(lines[-5:]), flush=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"), sparsities, batches)
+
+
+def fit_cost_table(rows) -> str | None:
+    """lqkernels.nn's cost table from a sweep: per entry of COST_MODEL (largest M), per format,
+    the time relative to dense at each of COST_DENSITIES, the worst over the entry's batches and
+    both density patterns. None unless the sweep measured every density and entry."""
+    from lqkernels.nn import COST_DENSITIES
+    entries = [(1, (1,)), (8, (4, 8)), (64, (16, 64)), ("math.inf", (512,))]
+    table = []
+    for largest, covered in entries:
+        costs = {}
+        for fmt in ("bitmap", "csr16"):
+            worst = []
+            for density in COST_DENSITIES:
+                ratios = [r[fmt] / r["dense"] for r in rows
+                          if r["batch"] in covered and abs(1 - r["sparsity"] - density) < 1e-9]
+                if not ratios:
+                    return None
+                worst.append(f"{max(ratios):.2f}")
+            costs[fmt] = f'"{fmt}": ({", ".join(worst)})'
+        table.append(f"({largest}, {{{', '.join(costs.values())}}}),")
+    return "\n".join(table)
 
 
 def plot(rows, path: Path, sparsities, batches) -> None:

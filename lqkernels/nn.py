@@ -21,7 +21,11 @@ Rows may have any density each; the kernels balance work by kept values, not by 
 """
 from __future__ import annotations
 
+import bisect
+import functools
+import glob
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,26 +85,47 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 
 
 # ---- the cost model behind format="auto" ----------------------------------------------------
-# Time of one call relative to the dense product at the same batch M, as a function of the
-# density δ: a sparse kernel costs ≈ a + b·δ (a: work that does not shrink with δ, such as the
-# bitmap walk over every word; b: per kept value), the dense product 1. CPU entries are fitted to
-# the full sweep of benchmarks/bench_sparse_linear.py (W 4096x4096 float32, 2 threads, sparsity
-# 0-99% uniform and per-row, RESULTS.md "Sparse linear"), where MKL's dense product runs at memory
-# speed: bitmap pays from ~70% sparsity at batch 1 and ~50% at batch 9-64, csr16 from ~90%, and
-# past batch 64 only csr16 above ~85% sparsity.
-# CUDA entries are fitted to the H200 run (benchmarks/h200/gpu_sparse_linear.md: bf16,
-# 14336x4096, sparsity 50-95%, batch 1-64): there cuBLAS reads W at ~2.9 TB/s while the decode
-# kernels reach 5-16% of copy bandwidth, so only csr16 at >= ~92% sparsity and batch <= 4 wins;
-# past batch 64 nothing unstructured was measured to win (bsr is modelled, never chosen by auto).
-# device type -> [(largest M, {format: (a, b)}), ...]
+# Time of one call relative to the dense product at the same batch M, tabulated at the densities
+# COST_DENSITIES and interpolated linearly between them (flat outside): measured relative costs,
+# not a formula, because they are not linear in the density (a W that shrinks into the last-level
+# cache speeds up by more than its bytes).
+# device kind -> [(largest M, {format: relative cost at each of COST_DENSITIES}), ...]; a batch
+# uses the first entry whose largest M holds it, each entry the slowest batch it covers.
+#  * "cpu": a dense W larger than the last-level cache, so the dense product reads it from memory.
+#    The full sweep of benchmarks/bench_sparse_linear.py on a 2-core AMD EPYC (Zen 5, 32 MB L3;
+#    W 4096x4096 float32, 64 MB), worst of uniform and per-row density, printed at its end
+#    (RESULTS.md "Sparse linear"): bitmap pays from ~10-20% sparsity, csr16 from ~85%.
+#  * "cpu-cached": a dense W within the last-level cache (there the dense product runs from cache,
+#    and sparse kernels gain less). Fitted as a + b·δ to the sweep on an Intel Xeon whose L3 held
+#    the 64 MB W: bitmap from ~70% sparsity at batch 1, csr16 from ~90%.
+#  * "cuda": fitted as a + b·δ to the H200 run (benchmarks/h200/gpu_sparse_linear.md: bf16,
+#    14336x4096, sparsity 50-95%, batch 1-64): there cuBLAS reads W at ~2.9 TB/s while the decode
+#    kernels reach 5-16% of copy bandwidth, so only csr16 at >= ~92% sparsity and batch <= 4 wins;
+#    past batch 64 nothing unstructured was measured to win (bsr is modelled, never chosen by auto).
+COST_DENSITIES = (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
+
+
+def _line(a: float, b: float) -> tuple[float, ...]:
+    return tuple(a + b * d for d in COST_DENSITIES)
+
+
 COST_MODEL = {
-    "cpu": [(8, {"bitmap": (0.7, 0.6), "csr16": (0.04, 7.5)}),         # value-walking kernels
-            (64, {"bitmap": (0.2, 1.8), "csr16": (0.05, 3.2)}),         # transposed tiles
-            (math.inf, {"bitmap": (0.2, 5.0), "csr16": (0.05, 5.5)})],  # dense GEMM at full speed
-    "cuda": [(4, {"bitmap": (1.0, 10.0), "csr16": (0.27, 7.9)}),
-             (16, {"bitmap": (2.1, 22.0), "csr16": (0.41, 17.0)}),
-             (64, {"bitmap": (7.2, 81.0), "csr16": (0.9, 59.0)}),
-             (math.inf, {"bsr": (0.1, 3.2)})],
+    "cpu": [  # value-walking kernels at M <= 8 (csr16: M = 1), transposed tiles above
+            (1, {"bitmap": (0.22, 0.33, 0.19, 0.27, 0.38, 0.51, 0.57, 0.65, 1.04),
+                 "csr16": (0.04, 0.10, 0.17, 0.53, 0.87, 1.19, 1.34, 1.50, 1.52)}),
+            (8, {"bitmap": (0.11, 0.25, 0.35, 0.51, 0.53, 0.58, 0.63, 0.68, 1.99),
+                 "csr16": (0.04, 0.12, 0.21, 0.52, 0.83, 1.07, 1.19, 1.33, 1.44)}),
+            (64, {"bitmap": (0.10, 0.19, 0.27, 0.40, 0.73, 0.83, 0.99, 1.20, 1.15),
+                  "csr16": (0.04, 0.11, 0.14, 0.40, 0.71, 1.06, 1.29, 1.49, 1.66)}),
+            (math.inf, {"bitmap": (0.09, 0.15, 0.21, 0.46, 0.58, 0.73, 0.78, 0.85, 0.92),
+                        "csr16": (0.05, 0.11, 0.18, 0.49, 0.85, 1.28, 1.55, 1.75, 1.94)})],
+    "cpu-cached": [(8, {"bitmap": _line(0.7, 0.6), "csr16": _line(0.04, 7.5)}),
+                   (64, {"bitmap": _line(0.2, 1.8), "csr16": _line(0.05, 3.2)}),
+                   (math.inf, {"bitmap": _line(0.2, 5.0), "csr16": _line(0.05, 5.5)})],
+    "cuda": [(4, {"bitmap": _line(1.0, 10.0), "csr16": _line(0.27, 7.9)}),
+             (16, {"bitmap": _line(2.1, 22.0), "csr16": _line(0.41, 17.0)}),
+             (64, {"bitmap": _line(7.2, 81.0), "csr16": _line(0.9, 59.0)}),
+             (math.inf, {"bsr": _line(0.1, 3.2)})],
 }
 # Below this predicted cost a sparse kernel is worth it (a 5% margin for the model's error).
 SPARSE_WORTH_IT = 0.95
@@ -110,23 +135,52 @@ SPARSE_WORTH_IT = 0.95
 MIN_SPARSE_WEIGHTS = 1 << 16
 
 
-def predicted_cost(format: str, density: float, batch: int, device_type: str) -> float:
-    """Predicted time of `format` relative to the dense product (1.0); inf if not modelled."""
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs), 0 where unknown."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    largest = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            text = Path(path).read_text().strip()
+            largest = max(largest, int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (OSError, ValueError):
+            continue
+    return largest
+
+
+def cost_model_kind(device_type: str, dense_bytes: int) -> str:
+    """The COST_MODEL entry for a dense W of dense_bytes: on the CPU "cpu" when it outgrows the
+    last-level cache, "cpu-cached" when it fits (or the cache size is unknown: the cautious one)."""
+    if device_type != "cpu":
+        return device_type
+    return "cpu" if dense_bytes > last_level_cache_bytes() > 0 else "cpu-cached"
+
+
+def predicted_cost(format: str, density: float, batch: int, device_type: str, dense_bytes: int = 0) -> float:
+    """Predicted time of `format` relative to the dense product (1.0) for a layer whose dense W
+    takes dense_bytes; inf if not modelled."""
     if format == "dense":
         return 1.0
-    for largest, costs in COST_MODEL.get(device_type, COST_MODEL["cpu"]):
+    for largest, costs in COST_MODEL.get(cost_model_kind(device_type, dense_bytes), COST_MODEL["cpu-cached"]):
         if batch <= largest:
-            a, b = costs.get(format, (math.inf, 0.0))
-            return a + b * density
+            table = costs.get(format)
+            if table is None:
+                return math.inf
+            i = min(max(bisect.bisect_left(COST_DENSITIES, density), 1), len(COST_DENSITIES) - 1)
+            (d0, d1), (c0, c1) = COST_DENSITIES[i - 1:i + 1], table[i - 1:i + 1]
+            return c0 + (c1 - c0) * min(max((density - d0) / (d1 - d0), 0.0), 1.0)
     return math.inf
 
 
-def choose_format(density: float, device_type: str, batch: int = 1, weights: int = MIN_SPARSE_WEIGHTS) -> str:
-    """The format "auto" stores for a layer of `weights` weights: the cheapest at decode-sized
-    batches, or "dense" where no sparse format is predicted to beat the dense product."""
+def choose_format(density: float, device_type: str, batch: int = 1, weights: int = MIN_SPARSE_WEIGHTS,
+                  dense_bytes: int = 0) -> str:
+    """The format "auto" stores for a layer of `weights` weights (dense_bytes as a dense W): the
+    cheapest at decode-sized batches, or "dense" where no sparse format is predicted to beat the
+    dense product."""
     if weights < MIN_SPARSE_WEIGHTS:
         return "dense"
-    costs = {f: predicted_cost(f, density, batch, device_type) for f in ("bitmap", "csr16")}
+    costs = {f: predicted_cost(f, density, batch, device_type, dense_bytes) for f in ("bitmap", "csr16")}
     best = min(costs, key=costs.get)
     return best if costs[best] < SPARSE_WORTH_IT else "dense"
 
@@ -160,7 +214,8 @@ class SparseLinear(nn.Linear):
         stored = format
         if self.auto:
             density = mask.float().mean().item() if mask.numel() else 1.0
-            stored = choose_format(density, weight.device.type, weights=weight.numel())
+            stored = choose_format(density, weight.device.type, weights=weight.numel(),
+                                   dense_bytes=weight.numel() * weight.element_size())
             if stored == "csr16" and weight.shape[1] > 65536:
                 stored = "bitmap"
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
@@ -279,8 +334,9 @@ class SparseLinear(nn.Linear):
             return True
         if not self.auto:
             return False
-        density = self.values.numel() / max(self.out_features * self.in_features, 1)
-        return predicted_cost(self.format, density, batch, self.values.device.type) >= SPARSE_WORTH_IT
+        weights = self.out_features * self.in_features
+        return predicted_cost(self.format, self.values.numel() / max(weights, 1), batch, self.values.device.type,
+                              weights * self.values.element_size()) >= SPARSE_WORTH_IT
 
     def _dense_weight(self) -> torch.Tensor:
         """W * mask for the dense path of "auto". Outside training and compilation it is cached

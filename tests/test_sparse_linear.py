@@ -9,7 +9,9 @@ Triton runs on the CPU under TRITON_INTERPRET=1: tiny shapes, no bfloat16.
 from __future__ import annotations
 
 import copy
+import functools
 import io
+import math
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 
 import lqkernels
 from lqkernels import _ops, _triton
+from lqkernels import nn as lqnn
 from lqkernels.nn import SparseLinear, pack_weight
 from conftest import DEVICES, available_pairs
 
@@ -338,6 +341,40 @@ def test_auto_keeps_dense_where_sparse_is_slower(gen):
     sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(256, 512, generator=gen) < 0.05)
     assert sparse.format in ("bitmap", "csr16")
     assert sparse.resolved_backend(1) == "cpp"
+
+
+def test_cost_model_tables_interpolate_in_density():
+    d = lqnn.COST_DENSITIES
+    assert list(d) == sorted(d)
+    for kind, entries in lqnn.COST_MODEL.items():
+        largest = [m for m, _ in entries]
+        assert largest == sorted(largest) and largest[-1] == math.inf, kind
+        for _, costs in entries:
+            for table in costs.values():
+                assert len(table) == len(d) and min(table) > 0, kind
+    table = lqnn.COST_MODEL["cpu"][0][1]["bitmap"]
+    big = 1 << 40  # bytes: larger than any cache, so the "cpu" table
+    cost = functools.partial(lqnn.predicted_cost, "bitmap", batch=1, device_type="cpu", dense_bytes=big)
+    assert cost(d[3]) == pytest.approx(table[3])
+    assert cost((d[3] + d[4]) / 2) == pytest.approx((table[3] + table[4]) / 2)
+    assert cost(0.0) == pytest.approx(table[0]) and cost(1.0) == pytest.approx(table[-1])  # flat outside
+    assert lqnn.predicted_cost("dense", 0.3, 1, "cpu", big) == 1.0
+    assert lqnn.predicted_cost("bsr", 0.3, 1, "cpu", big) == math.inf  # not modelled on the CPU
+
+
+def test_cost_model_follows_the_last_level_cache(monkeypatch, gen):
+    """A dense W larger than the last-level cache uses the "cpu" table (the dense product reads
+    memory), one that fits the cautious "cpu-cached" table; an unknown cache size counts as fitting."""
+    assert lqnn.last_level_cache_bytes() >= 0
+    for cache, kind in ((32 << 20, "cpu"), (1 << 30, "cpu-cached"), (0, "cpu-cached")):
+        monkeypatch.setattr(lqnn, "last_level_cache_bytes", lambda cache=cache: cache)
+        assert lqnn.cost_model_kind("cpu", 64 << 20) == kind
+        assert lqnn.cost_model_kind("cuda", 64 << 20) == "cuda"
+    w = torch.randn(512, 256, generator=gen)
+    half = torch.rand(512, 256, generator=gen) < 0.5
+    for cache, expected in ((1 << 10, "bitmap"), (1 << 30, "dense")):  # W: 512 KB
+        monkeypatch.setattr(lqnn, "last_level_cache_bytes", lambda cache=cache: cache)
+        assert SparseLinear.from_linear(dense_linear(w), half).format == expected
 
 
 def test_fine_tuning_keeps_pruned_weights_at_zero(gen):
