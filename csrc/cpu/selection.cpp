@@ -7,10 +7,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define LQK_SELECT_AVX512 1
+#endif
 
 #include "selection_checks.h"
 #include "selection_common.h"
@@ -40,8 +46,63 @@ constexpr int kWays = 4;
 // keys themselves at 11 bits, so rows up to 16K keys use 8-bit digits and one pass more.
 inline int digit_bits(int64_t count) { return count <= (int64_t(1) << 14) ? 8 : kRowDigitBits; }
 
+// Masks as bytes: GCC leaves loops over bool loads scalar (perf showed the masked loops here were),
+// while uint8 lanes widen and add cleanly. torch's bool tensors hold 0 or 1 in each byte.
+inline const uint8_t* mask_bytes(const bool* mask) { return reinterpret_cast<const uint8_t*>(mask); }
+
+// The compactions below keep keys in order without a branch per key. With AVX-512 a 32-bit key
+// vector is compressed in a register and stored whole (the memory-form compress is microcoded on
+// some CPUs), so `dst` needs 16 keys of room past the kept ones; dst may be src (in place: each
+// store lands at or before the keys it came from, all already loaded).
+
+// dst = src[i] where ((src[i] >> shift) & low) == digit; returns how many.
+template <typename Key>
+int64_t keep_digit(const Key* src, int64_t n, int shift, Key low, Key digit, Key* dst) {
+  int64_t kept = 0, i = 0;
+#if defined(LQK_SELECT_AVX512)
+  if constexpr (sizeof(Key) == 4) {
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    const __m512i lows = _mm512_set1_epi32(static_cast<int>(low)), want = _mm512_set1_epi32(static_cast<int>(digit));
+    for (; i + 16 <= n; i += 16) {
+      const __m512i v = _mm512_loadu_si512(src + i);
+      const __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_srl_epi32(v, count), lows), want);
+      _mm512_storeu_si512(dst + kept, _mm512_maskz_compress_epi32(hit, v));
+      kept += std::popcount(static_cast<unsigned>(hit));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    const Key key = src[i];
+    dst[kept] = key;
+    kept += ((key >> shift) & low) == digit;
+  }
+  return kept;
+}
+
+// dst = keys[i] where mask[i]; returns how many.
+template <typename Key>
+int64_t keep_masked(const Key* keys, const bool* mask, int64_t n, Key* dst) {
+  const uint8_t* m = mask_bytes(mask);
+  int64_t kept = 0, i = 0;
+#if defined(LQK_SELECT_AVX512)
+  if constexpr (sizeof(Key) == 4) {
+    for (; i + 16 <= n; i += 16) {
+      const __mmask16 hit = _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + i)),
+                                               _mm_set1_epi8(1));
+      _mm512_storeu_si512(dst + kept, _mm512_maskz_compress_epi32(hit, _mm512_loadu_si512(keys + i)));
+      kept += std::popcount(static_cast<unsigned>(hit));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    dst[kept] = keys[i];
+    kept += m[i];
+  }
+  return kept;
+}
+
 // Radix selection of the k-th largest candidate key (1 <= k <= candidates). The first pass
-// histograms all of `keys`; later passes see only the keys in `scratch` (size >= n) that share the
+// histograms all of `keys`; later passes see only the keys in `scratch` (size >= n + 16, see keep_digit) that share the
 // prefix selected so far.
 template <typename Key>
 Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) {
@@ -63,11 +124,7 @@ Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) 
   }
   Key digit = static_cast<Key>(select_digit<int64_t>(histogram, first_digits, b.take));
   b.kth = digit << shift;
-  int64_t kept = 0;
-  for (int64_t j = 0; j < n; ++j) {  // branch-free compaction
-    scratch[kept] = keys[j];
-    kept += (keys[j] >> shift) == digit;
-  }
+  int64_t kept = keep_digit(keys, n, shift, static_cast<Key>(first_digits - 1), digit, scratch);
   while (shift > 0) {
     const int bits = std::min(digit_bits(kept), shift);
     shift -= bits;
@@ -76,19 +133,10 @@ Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) 
     for (int64_t j = 0; j < kept; ++j) ++histogram[(scratch[j] >> shift) & low];
     digit = static_cast<Key>(select_digit<int64_t>(histogram, 1 << bits, b.take));
     b.kth |= digit << shift;
-    int64_t still = 0;
-    for (int64_t j = 0; j < kept; ++j) {
-      scratch[still] = scratch[j];
-      still += ((scratch[j] >> shift) & low) == digit;
-    }
-    kept = still;
+    kept = keep_digit(scratch, kept, shift, low, digit, scratch);
   }
   return b;
 }
-
-// Masks as bytes: GCC leaves loops over bool loads scalar (perf showed the masked loops here were),
-// while uint8 lanes widen and add cleanly. torch's bool tensors hold 0 or 1 in each byte.
-inline const uint8_t* mask_bytes(const bool* mask) { return reinterpret_cast<const uint8_t*>(mask); }
 
 // Order keys of n scores (see selection_common.h).
 template <typename scalar_t, bool kMagnitude, bool kLargest>
@@ -152,7 +200,20 @@ int64_t mark_above(const Key* __restrict keys, const bool* __restrict mask, int6
 // Marks the first `take` candidates on the boundary (in index order).
 template <typename Key>
 void mark_ties(const Key* keys, const bool* mask, int64_t n, Key kth, int64_t take, bool* out) {
-  for (int64_t i = 0; i < n && take > 0; ++i) {
+  int64_t i = 0;
+#if defined(LQK_SELECT_AVX512)
+  if constexpr (sizeof(Key) == 4) {  // 16 keys a compare: the boundary is often far into the row
+    const __m512i boundary = _mm512_set1_epi32(static_cast<int>(kth));
+    for (; i + 16 <= n && take > 0; i += 16) {
+      __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(keys + i), boundary);
+      if (mask)
+        hit &= _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mask_bytes(mask) + i)),
+                                  _mm_set1_epi8(1));
+      for (; hit && take > 0; hit &= hit - 1, --take) out[i + std::countr_zero(static_cast<unsigned>(hit))] = true;
+    }
+  }
+#endif
+  for (; i < n && take > 0; ++i) {
     if (keys[i] == kth && (!mask || mask[i])) {
       out[i] = true;
       --take;
@@ -214,11 +275,7 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
   // `packed`: fewer keys to count, and no mask test inside the passes.
   const Key* ranked = keys;
   if (mask) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      packed[m] = keys[i];
-      m += mask[i];
-    }
+    keep_masked(keys, mask, n, packed);
     ranked = packed;
   }
   auto b = radix_select(ranked, count, k, scratch);
@@ -249,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, con
     bool* op = out.data_ptr<bool>();
     scalar_t* tp = threshold.data_ptr<scalar_t>();
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<Key> keys(n), scratch(n), packed(mp ? n : 0);
+      std::vector<Key> keys(n), scratch(n + 16), packed(mp ? n + 16 : 0);  // room: keep_digit
       const auto select = magnitude ? (largest ? select_row<scalar_t, true, true> : select_row<scalar_t, true, false>)
                                     : (largest ? select_row<scalar_t, false, true> : select_row<scalar_t, false, false>);
       for (int64_t row = lo; row < hi; ++row)
