@@ -93,8 +93,9 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 # uses the first entry whose largest M holds it, each entry the slowest batch it covers.
 #  * "cpu": a dense W larger than the last-level cache, so the dense product reads it from memory.
 #    The full sweep of benchmarks/bench_sparse_linear.py on a 2-core AMD EPYC (Zen 5, 32 MB L3;
-#    W 4096x4096 float32, 64 MB), worst of uniform and per-row density, printed at its end
-#    (RESULTS.md "Sparse linear"): bitmap pays from ~10-20% sparsity, csr16 from ~85%.
+#    W 4096x4096 float32, 64 MB), the worst of two sweeps and of uniform and per-row density (each
+#    sweep prints its table at the end; RESULTS.md "Sparse linear"): bitmap pays from ~10%
+#    sparsity at batch 1, csr16 from ~85%.
 #  * "cpu-cached": a dense W within the last-level cache (there the dense product runs from cache,
 #    and sparse kernels gain less). Fitted as a + b·δ to the sweep on an Intel Xeon whose L3 held
 #    the 64 MB W: bitmap from ~70% sparsity at batch 1, csr16 from ~90%.
@@ -111,14 +112,14 @@ def _line(a: float, b: float) -> tuple[float, ...]:
 
 COST_MODEL = {
     "cpu": [  # value-walking kernels at M <= 8 (csr16: M = 1), transposed tiles above
-            (1, {"bitmap": (0.22, 0.33, 0.19, 0.27, 0.38, 0.51, 0.57, 0.65, 1.04),
-                 "csr16": (0.04, 0.10, 0.17, 0.53, 0.87, 1.19, 1.34, 1.50, 1.52)}),
-            (8, {"bitmap": (0.11, 0.25, 0.35, 0.51, 0.53, 0.58, 0.63, 0.68, 1.99),
+            (1, {"bitmap": (0.22, 0.56, 0.21, 0.27, 0.38, 0.51, 0.57, 0.75, 1.04),
+                 "csr16": (0.04, 0.10, 0.19, 0.53, 0.87, 1.19, 1.34, 1.51, 1.54)}),
+            (8, {"bitmap": (0.14, 0.34, 0.35, 0.51, 0.53, 0.58, 0.63, 0.70, 1.99),
                  "csr16": (0.04, 0.12, 0.21, 0.52, 0.83, 1.07, 1.19, 1.33, 1.44)}),
-            (64, {"bitmap": (0.10, 0.19, 0.27, 0.40, 0.73, 0.83, 0.99, 1.20, 1.15),
-                  "csr16": (0.04, 0.11, 0.14, 0.40, 0.71, 1.06, 1.29, 1.49, 1.66)}),
-            (math.inf, {"bitmap": (0.09, 0.15, 0.21, 0.46, 0.58, 0.73, 0.78, 0.85, 0.92),
-                        "csr16": (0.05, 0.11, 0.18, 0.49, 0.85, 1.28, 1.55, 1.75, 1.94)})],
+            (64, {"bitmap": (0.11, 0.28, 0.27, 0.41, 0.73, 0.83, 1.01, 1.20, 1.15),
+                  "csr16": (0.05, 0.11, 0.17, 0.40, 0.71, 1.06, 1.29, 1.49, 1.66)}),
+            (math.inf, {"bitmap": (0.09, 0.18, 0.21, 0.47, 0.62, 0.74, 0.80, 0.85, 1.33),
+                        "csr16": (0.05, 0.11, 0.18, 0.49, 0.88, 1.28, 1.55, 1.77, 2.33)})],
     "cpu-cached": [(8, {"bitmap": _line(0.7, 0.6), "csr16": _line(0.04, 7.5)}),
                    (64, {"bitmap": _line(0.2, 1.8), "csr16": _line(0.05, 3.2)}),
                    (math.inf, {"bitmap": _line(0.2, 5.0), "csr16": _line(0.05, 5.5)})],
