@@ -21,8 +21,6 @@ Rows may have any density each; the kernels balance work by kept values, not by 
 """
 from __future__ import annotations
 
-import bisect
-import functools
 import glob
 import math
 from pathlib import Path
@@ -136,8 +134,7 @@ SPARSE_WORTH_IT = 0.95
 MIN_SPARSE_WEIGHTS = 1 << 16
 
 
-@functools.cache
-def last_level_cache_bytes() -> int:
+def _last_level_cache_bytes() -> int:
     """Size of the CPU's largest cache (Linux sysfs), 0 where unknown."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     largest = 0
@@ -150,12 +147,16 @@ def last_level_cache_bytes() -> int:
     return largest
 
 
+# Read once at import: the forward consults it, and torch.compile must not trace file reads.
+LAST_LEVEL_CACHE_BYTES = _last_level_cache_bytes()
+
+
 def cost_model_kind(device_type: str, dense_bytes: int) -> str:
     """The COST_MODEL entry for a dense W of dense_bytes: on the CPU "cpu" when it outgrows the
     last-level cache, "cpu-cached" when it fits (or the cache size is unknown: the cautious one)."""
     if device_type != "cpu":
         return device_type
-    return "cpu" if dense_bytes > last_level_cache_bytes() > 0 else "cpu-cached"
+    return "cpu" if dense_bytes > LAST_LEVEL_CACHE_BYTES > 0 else "cpu-cached"
 
 
 def predicted_cost(format: str, density: float, batch: int, device_type: str, dense_bytes: int = 0) -> float:
@@ -168,7 +169,9 @@ def predicted_cost(format: str, density: float, batch: int, device_type: str, de
             table = costs.get(format)
             if table is None:
                 return math.inf
-            i = min(max(bisect.bisect_left(COST_DENSITIES, density), 1), len(COST_DENSITIES) - 1)
+            i = 1  # the grid interval holding density (a plain loop: torch.compile traces it)
+            while i < len(COST_DENSITIES) - 1 and COST_DENSITIES[i] < density:
+                i += 1
             (d0, d1), (c0, c1) = COST_DENSITIES[i - 1:i + 1], table[i - 1:i + 1]
             return c0 + (c1 - c0) * min(max((density - d0) / (d1 - d0), 0.0), 1.0)
     return math.inf

@@ -365,15 +365,15 @@ def test_cost_model_tables_interpolate_in_density():
 def test_cost_model_follows_the_last_level_cache(monkeypatch, gen):
     """A dense W larger than the last-level cache uses the "cpu" table (the dense product reads
     memory), one that fits the cautious "cpu-cached" table; an unknown cache size counts as fitting."""
-    assert lqnn.last_level_cache_bytes() >= 0
+    assert lqnn.LAST_LEVEL_CACHE_BYTES == lqnn._last_level_cache_bytes() >= 0
     for cache, kind in ((32 << 20, "cpu"), (1 << 30, "cpu-cached"), (0, "cpu-cached")):
-        monkeypatch.setattr(lqnn, "last_level_cache_bytes", lambda cache=cache: cache)
+        monkeypatch.setattr(lqnn, "LAST_LEVEL_CACHE_BYTES", cache)
         assert lqnn.cost_model_kind("cpu", 64 << 20) == kind
         assert lqnn.cost_model_kind("cuda", 64 << 20) == "cuda"
     w = torch.randn(512, 256, generator=gen)
     half = torch.rand(512, 256, generator=gen) < 0.5
     for cache, expected in ((1 << 10, "bitmap"), (1 << 30, "dense")):  # W: 512 KB
-        monkeypatch.setattr(lqnn, "last_level_cache_bytes", lambda cache=cache: cache)
+        monkeypatch.setattr(lqnn, "LAST_LEVEL_CACHE_BYTES", cache)
         assert SparseLinear.from_linear(dense_linear(w), half).format == expected
 
 
@@ -445,6 +445,21 @@ def test_to_and_half(fmt, gen):
     half = copy.deepcopy(layer).half()
     assert half.values.dtype == torch.float16 and half.bias.dtype == torch.float16
     assert_close_to_oracle(half(x.half()), x.half(), w.half(), mask, b.half())
+
+
+def test_compile_fullgraph_auto(gen):
+    """format="auto" decides per call between its sparse kernel and the dense product; both
+    decisions compile without graph breaks (the cost model reads no files while tracing)."""
+    # W of 512 KB: the "cpu-cached" table on any CPU with a last-level cache of 1 MB or more
+    for density, batch, path in ((0.05, 3, "cpp"), (0.3, 100, "dense"), (0.6, 3, "dense")):
+        w = torch.randn(256, 512, generator=gen)
+        mask = torch.rand(256, 512, generator=gen) < density
+        layer = SparseLinear.from_linear(dense_linear(w), mask)
+        assert layer.resolved_backend(batch) == path, (density, batch)
+        x = torch.randn(batch, 512, generator=gen)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            assert_close_to_oracle(torch.compile(layer, fullgraph=True)(x), x, w, mask, None)
 
 
 def test_compile_fullgraph(gen):
