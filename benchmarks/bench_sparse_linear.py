@@ -37,10 +37,10 @@ def pruning_mask(sparsity: float, varying: bool, gen: torch.Generator, size: int
     return torch.rand(size, size, generator=gen) < density
 
 
-def layer_and_peers(sparsity: float, varying: bool, fmt: str, seed: int = 0):
+def layer_and_peers(sparsity: float, varying: bool, fmt: str, seed: int = 0, size: int = SIZE):
     gen = torch.Generator().manual_seed(seed)
-    linear = torch.nn.Linear(SIZE, SIZE)
-    mask = pruning_mask(sparsity, varying, gen)
+    linear = torch.nn.Linear(size, size)
+    mask = pruning_mask(sparsity, varying, gen, size)
     layer = SparseLinear.from_linear(linear, mask, format=fmt)
     masked = (linear.weight * mask).detach()
     csr = masked.to_sparse_csr()
@@ -115,23 +115,23 @@ def median_ms(fns: dict, x, budget_s: float, min_reps: int = 5, max_reps: int = 
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
+def sweep(out: Path, budget_s: float, sparsities, batches, size: int = SIZE) -> None:
     torch.set_num_threads(2)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     header = ("| density | sparsity | batch | dense ms | torch CSR ms | bitmap ms | csr16 ms | auto ms (format) "
               "| CSR / dense | bitmap / dense | csr16 / dense | auto / dense | auto vs CSR |")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, W {SIZE}x{SIZE} float32, "
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, W {size}x{size} float32, "
              f"median of 5-60 calls, interleaved, within {budget_s} s per kernel; ratios are speed-ups (> 1: faster than dense)",
              "", header, "|" + "---|" * 13]
     print("\n".join(lines), flush=True)
     with torch.no_grad():
         for varying in (False, True):
             for sparsity in sparsities:
-                layers = {fmt: layer_and_peers(sparsity, varying, fmt) for fmt in ("bitmap", "csr16", "auto")}
+                layers = {fmt: layer_and_peers(sparsity, varying, fmt, size=size) for fmt in ("bitmap", "csr16", "auto")}
                 _, dense_peer, csr_peer = layers["auto"]
                 for batch in batches:
-                    x = torch.randn(batch, SIZE, generator=torch.Generator().manual_seed(batch))
+                    x = torch.randn(batch, size, generator=torch.Generator().manual_seed(batch))
                     t = median_ms({"dense": dense_peer, "csr": csr_peer,
                                    **{fmt: layer for fmt, (layer, _, _) in layers.items()}}, x, budget_s)
                     auto = layers["auto"][0]
@@ -151,7 +151,7 @@ def sweep(out: Path, budget_s: float, sparsities, batches) -> None:
                   "densities each entry covers):", "", "```python", fit, "```"]
         print("\n".join(lines[-5:]), flush=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(rows, out.with_suffix(".png"), sparsities, batches)
+    plot(rows, out.with_suffix(".png"), sparsities, batches, size)
 
 
 def fit_cost_table(rows) -> str | None:
@@ -176,7 +176,7 @@ def fit_cost_table(rows) -> str | None:
     return "\n".join(table)
 
 
-def plot(rows, path: Path, sparsities, batches) -> None:
+def plot(rows, path: Path, sparsities, batches, size: int = SIZE) -> None:
     """Heat maps of speed-up over dense (log colour scale; red: dense still wins)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -202,7 +202,7 @@ def plot(rows, path: Path, sparsities, batches) -> None:
             ax.set_xlabel("batch")
             ax.set_ylabel("sparsity")
             ax.set_title(f"{title} / dense, {'per-row density' if varying else 'uniform'}", fontsize=10)
-    fig.suptitle(f"Speed-up over dense F.linear, W {SIZE}x{SIZE} float32, 2 threads (green: faster)")
+    fig.suptitle(f"Speed-up over dense F.linear, W {size}x{size} float32, 2 threads (green: faster)")
     fig.savefig(path, dpi=110)
 
 
@@ -212,5 +212,6 @@ if __name__ == "__main__":
     parser.add_argument("--budget", type=float, default=0.6, help="seconds of timing per point and kernel")
     parser.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
     parser.add_argument("--batches", type=int, nargs="*", default=BATCHES)
+    parser.add_argument("--size", type=int, default=SIZE, help="W is size x size")
     args = parser.parse_args()
-    sweep(args.out, args.budget, list(args.sparsities), list(args.batches))
+    sweep(args.out, args.budget, list(args.sparsities), list(args.batches), args.size)

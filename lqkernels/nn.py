@@ -95,8 +95,9 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
 #    sweep prints its table at the end; RESULTS.md "Sparse linear"): bitmap pays from ~10%
 #    sparsity at batch 1, csr16 from ~85%.
 #  * "cpu-cached": a dense W within the last-level cache (there the dense product runs from cache,
-#    and sparse kernels gain less). Fitted as a + b·δ to the sweep on an Intel Xeon whose L3 held
-#    the 64 MB W: bitmap from ~70% sparsity at batch 1, csr16 from ~90%.
+#    and a sparse call's fixed costs weigh more). The worst of three measurements: sweeps of W
+#    1024x1024 and 2048x2048 on the same AMD EPYC, and the a + b·δ fit to the sweep on an Intel
+#    Xeon whose L3 held the 64 MB W: bitmap from ~60% sparsity at batch 1, csr16 from ~90%.
 #  * "cuda": fitted as a + b·δ to the H200 run (benchmarks/h200/gpu_sparse_linear.md: bf16,
 #    14336x4096, sparsity 50-95%, batch 1-64): there cuBLAS reads W at ~2.9 TB/s while the decode
 #    kernels reach 5-16% of copy bandwidth, so only csr16 at >= ~92% sparsity and batch <= 4 wins;
@@ -118,9 +119,15 @@ COST_MODEL = {
                   "csr16": (0.05, 0.11, 0.17, 0.40, 0.71, 1.06, 1.29, 1.49, 1.66)}),
             (math.inf, {"bitmap": (0.09, 0.18, 0.21, 0.47, 0.62, 0.74, 0.80, 0.85, 1.33),
                         "csr16": (0.05, 0.11, 0.18, 0.49, 0.88, 1.28, 1.55, 1.77, 2.33)})],
-    "cpu-cached": [(8, {"bitmap": _line(0.7, 0.6), "csr16": _line(0.04, 7.5)}),
-                   (64, {"bitmap": _line(0.2, 1.8), "csr16": _line(0.05, 3.2)}),
-                   (math.inf, {"bitmap": _line(0.2, 5.0), "csr16": _line(0.05, 5.5)})],
+    "cpu-cached": [
+            (1, {"bitmap": (6.41, 0.91, 0.85, 0.88, 1.00, 1.12, 1.18, 1.24, 1.30),
+                 "csr16": (0.48, 0.73, 0.80, 2.29, 3.79, 5.29, 6.04, 6.79, 7.54)}),
+            (8, {"bitmap": (1.31, 0.73, 0.76, 0.88, 1.00, 1.12, 1.18, 1.24, 2.75),
+                 "csr16": (0.17, 0.41, 0.79, 2.29, 3.79, 5.29, 6.04, 6.79, 7.54)}),
+            (64, {"bitmap": (0.69, 0.31, 0.38, 0.74, 1.10, 1.46, 1.64, 1.82, 2.00),
+                  "csr16": (0.22, 0.28, 0.37, 1.01, 1.65, 2.29, 2.61, 2.93, 3.25)}),
+            (math.inf, {"bitmap": (0.39, 0.45, 0.70, 1.70, 2.70, 3.70, 4.20, 4.70, 5.20),
+                        "csr16": (0.14, 0.33, 0.60, 1.70, 2.80, 3.90, 4.45, 5.00, 5.55)})],
     "cuda": [(4, {"bitmap": _line(1.0, 10.0), "csr16": _line(0.27, 7.9)}),
              (16, {"bitmap": _line(2.1, 22.0), "csr16": _line(0.41, 17.0)}),
              (64, {"bitmap": _line(7.2, 81.0), "csr16": _line(0.9, 59.0)}),

@@ -103,11 +103,16 @@ void check_index_rows(const char* op, const int64_t* offs, const void* index, in
   }
 }
 
+// The work of a row that does not depend on its density, in kept values: the bitmap walk visits
+// every word (a 1024x1024 bitmap layer at 90% sparsity took 73 us on one thread, as at 10%), csr16
+// only its bookkeeping.
+inline int64_t row_overhead(Format fmt, int64_t nwords) { return fmt == Format::kBitmap ? nwords : 8; }
+
 // How many parallel parts `work` multiply-adds deserve: four per thread when there is plenty (room
 // to balance), one when there is too little to pay for waking the other threads (a single part
 // runs inline, with no parallel region to wait on: a busy machine made tiny layers take ms).
 int64_t parts_for(int64_t work) {
-  constexpr int64_t kWorkPerPart = int64_t(1) << 16;
+  constexpr int64_t kWorkPerPart = int64_t(1) << 15;
   return std::clamp<int64_t>(work / kWorkPerPart, 1, int64_t(at::get_num_threads()) * 4);
 }
 
@@ -224,10 +229,9 @@ void linear_by_tiles(const char* op, const scalar_t* x, int64_t m_rows, int64_t 
       }
     }
   });
-  const int64_t nwords = (in + 31) / 32;
-  const int64_t parts = parts_for(offsets[out] * m_rows);
-  const std::vector<int64_t> bounds =
-      balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
+  const int64_t nwords = (in + 31) / 32, per_row = row_overhead(fmt, nwords);
+  const int64_t parts = parts_for((offsets[out] + out * per_row) * m_rows);
+  const std::vector<int64_t> bounds = balanced_splits(offsets, out, per_row, parts);
   // Tile-major task order keeps one xt tile in a core's cache while it sweeps W.
   at::parallel_for(0, tiles * parts, 1, [&](int64_t lo, int64_t hi) {
     std::vector<int32_t> cols(fmt == Format::kBitmap ? chunk_cols + 16 : 0);
@@ -356,9 +360,9 @@ void linear_by_values(const char* op, const scalar_t* x, int64_t m_rows, int64_t
   std::vector<float> xf(static_cast<size_t>((m_rows + 7) / 8 * 8 * ld), 0.0f);
   for (int64_t m = 0; m < m_rows; ++m)
     for (int64_t c = 0; c < in; ++c) xf[m * ld + c] = to_float(x[m * in + c]);
-  const int64_t parts = parts_for(offsets[out] * m_rows);
-  const std::vector<int64_t> bounds =
-      balanced_splits(offsets, out, fmt == Format::kBitmap ? nwords : 8, parts);
+  const int64_t per_row = row_overhead(fmt, nwords);
+  const int64_t parts = parts_for((offsets[out] + out * per_row) * m_rows);
+  const std::vector<int64_t> bounds = balanced_splits(offsets, out, per_row, parts);
   at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t part = lo; part < hi; ++part) {
       const int64_t r0 = bounds[part], r1 = bounds[part + 1];
