@@ -122,13 +122,15 @@ def sweep(out: Path, budget_s: float, sparsities, batches, size: int = SIZE) -> 
     header = ("| density | sparsity | batch | dense ms | torch CSR ms | bitmap ms | csr16 ms | auto ms (format) "
               "| CSR / dense | bitmap / dense | csr16 / dense | auto / dense | auto vs CSR |")
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, W {size}x{size} float32, "
-             f"median of 5-60 calls, interleaved, within {budget_s} s per kernel; ratios are speed-ups (> 1: faster than dense)",
+             f"median of 5-60 calls, interleaved, within {budget_s} s per kernel; "
+             "ratios are speed-ups (> 1: faster than dense)",
              "", header, "|" + "---|" * 13]
     print("\n".join(lines), flush=True)
     with torch.no_grad():
         for varying in (False, True):
             for sparsity in sparsities:
-                layers = {fmt: layer_and_peers(sparsity, varying, fmt, size=size) for fmt in ("bitmap", "csr16", "auto")}
+                layers = {fmt: layer_and_peers(sparsity, varying, fmt, size=size)
+                          for fmt in ("bitmap", "csr16", "auto")}
                 _, dense_peer, csr_peer = layers["auto"]
                 for batch in batches:
                     x = torch.randn(batch, size, generator=torch.Generator().manual_seed(batch))

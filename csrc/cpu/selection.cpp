@@ -306,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, con
     bool* op = out.data_ptr<bool>();
     scalar_t* tp = threshold.data_ptr<scalar_t>();
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<Key> keys(n), scratch(n + 16), packed(mp ? n + 16 : 0);  // room: keep_digit
+      std::vector<Key> keys(n), scratch(n + 16), packed(mp ? n + 16 : 0);  // + 16: see keep_digit
       const auto select = magnitude ? (largest ? select_row<scalar_t, true, true> : select_row<scalar_t, true, false>)
                                     : (largest ? select_row<scalar_t, false, true> : select_row<scalar_t, false, false>);
       for (int64_t row = lo; row < hi; ++row)

@@ -62,7 +62,8 @@ inline bool strictly_ascending(const uint16_t* c, int64_t n) {
 #if defined(__AVX512BW__)
   for (; k < n; k += 32) {
     const __mmask32 lanes = n - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - k)) - 1;
-    const __m512i cur = _mm512_maskz_loadu_epi16(lanes, c + k), prev = _mm512_maskz_loadu_epi16(lanes, c + k - 1);
+    const __m512i cur = _mm512_maskz_loadu_epi16(lanes, c + k);
+    const __m512i prev = _mm512_maskz_loadu_epi16(lanes, c + k - 1);
     if (_mm512_mask_cmple_epu16_mask(lanes, cur, prev)) return false;
   }
 #endif
@@ -213,7 +214,8 @@ void linear_by_tiles(const char* op, const scalar_t* x, int64_t m_rows, int64_t 
   // under ~32 of a row's values (then the per-chunk bookkeeping would cost more than L2 misses).
   constexpr int64_t kL1Chunk = 32768 / (T * sizeof(acc_t)) / 32 * 32;
   const int64_t row_nnz = out ? offsets[out] / out : 0;
-  const int64_t chunks = fmt == Format::kCsr16 ? 1 : std::max<int64_t>(1, std::min((in + kL1Chunk - 1) / kL1Chunk, row_nnz / 32));
+  const int64_t chunks =
+      fmt == Format::kCsr16 ? 1 : std::max<int64_t>(1, std::min((in + kL1Chunk - 1) / kL1Chunk, row_nnz / 32));
   const int64_t chunk_cols = ((in + chunks - 1) / chunks + 31) / 32 * 32;  // whole bitmap words
   const int64_t tiles = (m_rows + T - 1) / T;
   // Every element is written below (padding lanes with 0): no value-initialisation.
