@@ -11,6 +11,7 @@ which takes minutes:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -157,24 +158,25 @@ def sweep(out: Path, budget_s: float, sparsities, batches, size: int = SIZE) -> 
 
 
 def fit_cost_table(rows) -> str | None:
-    """lqkernels.nn's cost table from a sweep: per entry of COST_MODEL (largest M), per format,
-    the time relative to dense at each of COST_DENSITIES, the worst over the entry's batches and
-    both density patterns. None unless the sweep measured every density and entry."""
-    from lqkernels.nn import COST_DENSITIES
-    entries = [(1, (1,)), (8, (4, 8)), (64, (16, 64)), ("math.inf", (512,))]
-    table = []
-    for largest, covered in entries:
+    """lqkernels.nn's "cpu" cost table from a sweep: per entry of COST_MODEL["cpu"] (batches up to
+    its largest M), per format, the time relative to dense at each of COST_DENSITIES, the worst
+    over the entry's batches and both density patterns. None unless the sweep measured every
+    density and entry."""
+    from lqkernels.nn import COST_DENSITIES, COST_MODEL
+    table, smallest = [], 0
+    for largest, _ in COST_MODEL["cpu"]:
         costs = {}
         for fmt in ("bitmap", "csr16"):
             worst = []
             for density in COST_DENSITIES:
                 ratios = [r[fmt] / r["dense"] for r in rows
-                          if r["batch"] in covered and abs(1 - r["sparsity"] - density) < 1e-9]
+                          if smallest < r["batch"] <= largest and abs(1 - r["sparsity"] - density) < 1e-9]
                 if not ratios:
                     return None
                 worst.append(f"{max(ratios):.2f}")
             costs[fmt] = f'"{fmt}": ({", ".join(worst)})'
-        table.append(f"({largest}, {{{', '.join(costs.values())}}}),")
+        table.append(f"({'math.inf' if largest == math.inf else largest}, {{{', '.join(costs.values())}}}),")
+        smallest = largest
     return "\n".join(table)
 
 

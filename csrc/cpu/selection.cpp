@@ -50,6 +50,13 @@ inline int digit_bits(int64_t count) { return count <= (int64_t(1) << 14) ? 8 : 
 // while uint8 lanes widen and add cleanly. torch's bool tensors hold 0 or 1 in each byte.
 inline const uint8_t* mask_bytes(const bool* mask) { return reinterpret_cast<const uint8_t*>(mask); }
 
+#if defined(LQK_SELECT_AVX512)
+// The mask bytes m[0..16) as a 16-lane predicate.
+inline __mmask16 mask16(const uint8_t* m) {
+  return _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)), _mm_set1_epi8(1));
+}
+#endif
+
 // The compactions below keep keys in order without a branch per key. With AVX-512 a 32-bit key
 // vector is compressed in a register and stored whole (the memory-form compress is microcoded on
 // some CPUs), so `dst` needs 16 keys of room past the kept ones; dst may be src (in place: each
@@ -62,7 +69,8 @@ int64_t keep_digit(const Key* src, int64_t n, int shift, Key low, Key digit, Key
 #if defined(LQK_SELECT_AVX512)
   if constexpr (sizeof(Key) == 4) {
     const __m128i count = _mm_cvtsi32_si128(shift);
-    const __m512i lows = _mm512_set1_epi32(static_cast<int>(low)), want = _mm512_set1_epi32(static_cast<int>(digit));
+    const __m512i lows = _mm512_set1_epi32(static_cast<int>(low));
+    const __m512i want = _mm512_set1_epi32(static_cast<int>(digit));
     for (; i + 16 <= n; i += 16) {
       const __m512i v = _mm512_loadu_si512(src + i);
       const __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_srl_epi32(v, count), lows), want);
@@ -87,8 +95,7 @@ int64_t keep_masked(const Key* keys, const bool* mask, int64_t n, Key* dst) {
 #if defined(LQK_SELECT_AVX512)
   if constexpr (sizeof(Key) == 4) {
     for (; i + 16 <= n; i += 16) {
-      const __mmask16 hit = _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + i)),
-                                               _mm_set1_epi8(1));
+      const __mmask16 hit = mask16(m + i);
       _mm512_storeu_si512(dst + kept, _mm512_maskz_compress_epi32(hit, _mm512_loadu_si512(keys + i)));
       kept += std::popcount(static_cast<unsigned>(hit));
     }
@@ -102,8 +109,8 @@ int64_t keep_masked(const Key* keys, const bool* mask, int64_t n, Key* dst) {
 }
 
 // Radix selection of the k-th largest candidate key (1 <= k <= candidates). The first pass
-// histograms all of `keys`; later passes see only the keys in `scratch` (size >= n + 16, see keep_digit) that share the
-// prefix selected so far.
+// histograms all of `keys`; later passes see only the keys in `scratch` (size >= n + 16, see
+// keep_digit) that share the prefix selected so far.
 template <typename Key>
 Boundary<Key> radix_select(const Key* keys, int64_t n, int64_t k, Key* scratch) {
   constexpr int key_bits = sizeof(Key) * 8;
@@ -206,10 +213,9 @@ void mark_ties(const Key* keys, const bool* mask, int64_t n, Key kth, int64_t ta
     const __m512i boundary = _mm512_set1_epi32(static_cast<int>(kth));
     for (; i + 16 <= n && take > 0; i += 16) {
       __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(keys + i), boundary);
-      if (mask)
-        hit &= _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mask_bytes(mask) + i)),
-                                  _mm_set1_epi8(1));
-      for (; hit && take > 0; hit &= hit - 1, --take) out[i + std::countr_zero(static_cast<unsigned>(hit))] = true;
+      if (mask) hit &= mask16(mask_bytes(mask) + i);
+      for (; hit && take > 0; hit &= hit - 1, --take)
+        out[i + std::countr_zero(static_cast<unsigned>(hit))] = true;
     }
   }
 #endif
