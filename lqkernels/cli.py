@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         _prune(model, args)
         rows = []
         for name, weight, survivors in prune.prunable_weights(model):
-            left = weight.numel() if survivors is None else int(survivors.sum())
+            left = weight.numel() if survivors is None else int(torch.count_nonzero(survivors))
             rows.append((name, left, weight.numel()))
             print(f"{name:<30} {left:>10} / {weight.numel():<10} kept ({100 * left / weight.numel():.2f}%)")
         total_left, total = sum(r[1] for r in rows), sum(r[2] for r in rows)

@@ -283,6 +283,12 @@ def test_lq_powsum_exponent_lists(device_backend, gen):
     sums, count = ops.lq_powsum(x, [], dim=1, backend=backend)
     assert sums.shape == (0, 3) and sums.dtype == torch.float32
     assert count.tolist() == [50, 50, 50]
+    # The counts alone (what a magnitude-pruning step needs), masked, with NaN and inf entries.
+    x = random_input(gen, (4, 3000), torch.float32, device)
+    x[1, 7], x[2, 11] = float("nan"), float("inf")
+    mask = random_mask(gen, x.shape, device)
+    sums, count = ops.lq_powsum(x, [], dim=1, mask=mask, backend=backend)
+    assert sums.shape == (0, 4) and count.tolist() == mask.sum(1).tolist()
 
 
 def test_auto_backend_and_env_variable_agree(device_backend, gen, monkeypatch):

@@ -340,6 +340,107 @@ def test_failure_midway_restores(monkeypatch):
     assert not hasattr(model[0], "weight_mask") and isinstance(model[0].weight, nn.Parameter)
 
 
+# ---- a step writes into the old mask and weight only when nothing else sees them ---------------------
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def pointers(model):
+    return [(m.weight_mask.data_ptr(), m.weight.data_ptr()) for m in linears(model)]
+
+
+def test_step_reuses_the_memory_nothing_else_sees():
+    model = heavy_tailed_(make_mlp())
+    torch_prune.custom_from_mask(model[0], "weight", torch.rand(24, 12) < 0.7)  # torch's own install:
+    prune.sap(model)  # its `weight` carries a graph that saved the mask, dropped before the write
+    twin = copy.deepcopy(model)
+    before = pointers(model)
+    for _ in range(2):
+        prune.sap(model, scope="neuron")
+        held = [(m.weight_mask, m.weight) for m in linears(twin)]  # twin's step must allocate
+        held_at = pointers(twin)
+        prune.sap(twin, scope="neuron")
+        assert pointers(model) == before
+        assert all(a != b and c != d for (a, c), (b, d) in zip(pointers(twin), held_at))
+        assert all(not torch.equal(m.weight_mask, mask) for m, (mask, _) in zip(linears(twin), held))
+        assert_same(model, structure(twin))
+        for m in linears(model):
+            assert torch.equal(m.weight, m.weight_orig * m.weight_mask) and m.weight.grad_fn is None
+
+
+@pytest.mark.parametrize("hold", [
+    lambda m: m.weight_mask,
+    lambda m: m.weight,
+    lambda m: m.weight_mask.view(-1),
+    lambda m: m.weight.data,
+    lambda m: m.weight_mask.detach(),
+    lambda m: m.weight_mask.numpy(),
+    lambda m: m.weight[1:],
+    lambda m: m.state_dict(),
+], ids=["mask", "weight", "mask view", "weight .data", "mask detach", "mask numpy", "weight slice", "state_dict"])
+def test_step_never_writes_into_what_the_user_holds(hold):
+    model = heavy_tailed_(make_mlp())
+    prune.sap(model)
+    twin = copy.deepcopy(model)
+    held = hold(model[2])
+    value = copy.deepcopy(held)
+    before = pointers(model)
+    prune.sap(model, scope="neuron")
+    prune.sap(twin, scope="neuron")
+    assert_same(model, structure(twin))
+    if isinstance(held, dict):
+        assert all(torch.equal(held[k], value[k]) for k in value)
+    else:
+        assert (held == value).all()
+    after = pointers(model)
+    assert after[0] == before[0] and after[2] == before[2]  # the other layers' memory is reused
+    assert after[1][0] != before[1][0] and after[1][1] != before[1][1]
+
+
+def test_step_keeps_a_live_graph_valid():
+    # A loss computed before the step saved the old weight: its backward still works, with the
+    # gradients of the old mask.
+    model = heavy_tailed_(make_mlp())
+    prune.sap(model)
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 12)
+    loss = model(x).square().sum()
+    twin(x).square().sum().backward()
+    prune.sap(model, scope="neuron")
+    loss.backward()
+    for m, t in zip(linears(model), linears(twin)):
+        torch.testing.assert_close(m.weight_orig.grad, t.weight_orig.grad)
+    assert not torch.equal(model[2].weight_mask, twin[2].weight_mask)
+
+
+def test_failure_midway_leaves_reusable_memory_unwritten(monkeypatch):
+    # Layer 0 (pruned, memory reusable) comes before layer 2 (first pruning, fails) in the model,
+    # but its in-place write comes after every step that can fail: the restore is exact.
+    model = heavy_tailed_(make_mlp())
+    prune.sap(model, include=lambda module, fqn: fqn == "0")
+    snap = structure(model)
+
+    def fail(module, name, mask):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch_prune, "custom_from_mask", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        prune.sap(model)
+    assert_same(model, snap)
+
+
+def test_step_without_torch_counters_allocates(monkeypatch):
+    model = heavy_tailed_(make_mlp())
+    prune.sap(model)
+    twin = copy.deepcopy(model)
+    before = pointers(model)
+    monkeypatch.setattr(prune, "_SOLE_OWNER", None)
+    prune.sap(model)
+    prune.sap(twin)
+    assert_same(model, structure(twin))
+    assert all(a != b for a, b in zip(pointers(model), before))
+
+
 # ---- compressibility report -------------------------------------------------------------------------
 def test_compressibility_report(tmp_path):
     model = heavy_tailed_(make_mlp())

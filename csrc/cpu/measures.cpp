@@ -263,13 +263,14 @@ PowSumState<acc_t> row_state(const scalar_t* x, const bool* mask, int64_t begin,
                              const Exponents<acc_t>& qs, int kinds) {
   using Direct = bool (*)(const scalar_t*, const bool*, int64_t, int64_t, const Exponents<acc_t>&,
                           PowSumState<acc_t>&);
-  // Indexed by [masked][kinds], kinds a bit set of {1: one, 2: two, 4: half}.
+  // Indexed by [masked][kinds], kinds a bit set of {1: one, 2: two, 4: half}. No exponents (the
+  // survivor counts alone) takes the ℓ1 pass: its sum exposes NaN and inf entries like the others.
   static constexpr Direct direct[2][8] = {
-      {nullptr, accumulate_direct<false, true, false, false, scalar_t, acc_t>,
+      {accumulate_direct<false, true, false, false, scalar_t, acc_t>, accumulate_direct<false, true, false, false, scalar_t, acc_t>,
        accumulate_direct<false, false, true, false, scalar_t, acc_t>, accumulate_direct<false, true, true, false, scalar_t, acc_t>,
        accumulate_direct<false, false, false, true, scalar_t, acc_t>, accumulate_direct<false, true, false, true, scalar_t, acc_t>,
        accumulate_direct<false, false, true, true, scalar_t, acc_t>, accumulate_direct<false, true, true, true, scalar_t, acc_t>},
-      {nullptr, accumulate_direct<true, true, false, false, scalar_t, acc_t>,
+      {accumulate_direct<true, true, false, false, scalar_t, acc_t>, accumulate_direct<true, true, false, false, scalar_t, acc_t>,
        accumulate_direct<true, false, true, false, scalar_t, acc_t>, accumulate_direct<true, true, true, false, scalar_t, acc_t>,
        accumulate_direct<true, false, false, true, scalar_t, acc_t>, accumulate_direct<true, true, false, true, scalar_t, acc_t>,
        accumulate_direct<true, false, true, true, scalar_t, acc_t>, accumulate_direct<true, true, true, true, scalar_t, acc_t>}};
