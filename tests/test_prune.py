@@ -518,6 +518,20 @@ def test_iterative_history(method, scope, regression, tmp_path):
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_iterative_rounds_reuse_the_mask_memory(regression):
+    # Nothing in the loop keeps a mask: from round 2 on, each step writes into the last one's.
+    model = make_mlp()
+    train_fn, eval_fn = trainer(regression)
+    seen = []
+
+    def train_and_look(m):
+        train_fn(m)
+        seen.append([layer.weight_mask.data_ptr() for layer in linears(m)] if hasattr(m[0], "weight_mask") else None)
+
+    prune.iterative(model, train_and_look, eval_fn, method="sap", rounds=3, progress=False)
+    assert seen[0] is None and seen[1] == seen[2] == seen[3]
+
+
 @pytest.mark.parametrize("rewind", ["init", "none", "state_dict"])
 def test_iterative_rewind(rewind, regression):
     model = make_mlp()
