@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lqkernels import ops
-from peers import torch_lq_norm, torch_pq_index
+from peers import torch_gini, torch_lq_norm, torch_pq_index
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,15 @@ def test_lq_powsum_grid_peer(benchmark, weight):
     benchmark.group = "powsum grid 0.1..1.0"
     qs = [0.1 * k for k in range(1, 11)]
     benchmark(lambda: [weight.abs().pow(q).sum(1) for q in qs])
+
+
+@pytest.mark.parametrize("dim", [1, None], ids=["rows", "whole"])
+def test_gini_ours(benchmark, weight, dim):
+    benchmark.group = f"gini {'per row' if dim else 'whole tensor'}"
+    benchmark(ops.gini, weight, dim)
+
+
+@pytest.mark.parametrize("dim", [1, None], ids=["rows", "whole"])
+def test_gini_peer(benchmark, weight, dim):
+    benchmark.group = f"gini {'per row' if dim else 'whole tensor'}"
+    benchmark(torch_gini, weight, dim)

@@ -14,6 +14,15 @@ def torch_pq_index(w: torch.Tensor, p: float = 0.5, q: float = 1.0, dim=None) ->
     return 1 - d ** (1 / q - 1 / p) * torch.linalg.vector_norm(w, p, dim=dim) / torch.linalg.vector_norm(w, q, dim=dim)
 
 
+def torch_gini(w: torch.Tensor, dim=None) -> torch.Tensor:
+    """Gini index (Hurley–Rickard) as users write it: sort |w| (each row for dim=1 of a matrix,
+    all of it for None), then the rank-weighted sum 1 − 2 Σ_k c_(k) (d − k + ½) / (d Σ c)."""
+    c = w.abs().reshape(1 if dim is None else w.shape[0], -1).sort(dim=1).values
+    d = c.shape[1]
+    rank = torch.arange(1, d + 1, dtype=c.dtype, device=c.device)
+    return (1 - 2 * (c * (d - rank + 0.5)).sum(1) / (d * c.sum(1))).reshape(() if dim is None else -1)
+
+
 def torch_rowwise_topk_mask(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Per-row k without lqkernels: sort |w| per row, gather the k_i-th value, compare."""
     a = w.abs()

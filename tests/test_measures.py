@@ -559,6 +559,29 @@ def test_extreme_float64_magnitudes(device_backend, exponent, gen):
         torch.testing.assert_close(f(scaled), f(x), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gini_of_long_slices(device_backend, dtype, gen):
+    # Long slices (a whole weight at once) sort as radix keys on the CPU: few distinct values (ties
+    # and zeros), subnormals, rows either side of the radix threshold, masked or not, NaN and inf.
+    device, backend = device_backend
+    skip_unsupported(backend, dtype)
+    if interpreted(backend):
+        pytest.skip("Triton's interpreter: tiny shapes only")
+    x = random_input(gen, (4, 5000), dtype, device)
+    x[1] = torch.randint(-3, 4, (5000,), generator=gen).to(dtype)
+    x[2, ::2] = (torch.finfo(dtype).tiny * torch.rand(2500, generator=gen, dtype=torch.float64)).to(dtype)
+    for shape, dim, masked in (((4, 5000), 1, False), ((4, 5000), 1, True), ((4, 5000), None, True),
+                               ((200, 100), 1, False), ((200, 100), 1, True)):
+        xs = x.reshape(shape)
+        mask = random_mask(gen, shape, device) if masked else None
+        ref = Reference(xs, dim, mask)
+        assert_matches(f"gini {shape} dim {dim}{' masked' if masked else ''}",
+                       ops.gini(xs, dim, mask=mask, backend=backend), ref.shaped(ref.gini()), "index", dtype)
+    x[0, 7], x[3, 11] = float("inf"), float("nan")
+    got = ops.gini(x, 1, backend=backend)
+    assert got[0].item() == pytest.approx(1 - 1 / 5000, rel=tolerance(dtype, "index")[0]) and got[3].isnan()
+
+
 def test_reference_gini_forms_agree(gen):
     # The oracle's two Gini forms (pairwise and sorted) agree, so either can serve as reference.
     x = random_input(gen, (5, 40), torch.float64)

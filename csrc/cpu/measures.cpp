@@ -355,10 +355,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
   return {sums, count, scale};
 }
 
-// Gini index of magnitudes c (reordered in place): 0 for an empty or all-zero slice, NaN if any is
-// NaN; with infinite entries, the limit in which they dominate equally.
+// Gini index of magnitudes sorted ascending, c_1..c_d: 1 - 2 sum_k (c_k / ||c||_1) (d - k + 1/2) / d,
+// summed in double; 0 for an empty or all-zero slice.
+template <typename T>
+double gini_of_sorted(const T* c, int64_t d) {
+  double total = 0, weighted = 0;
+  for (int64_t k = 0; k < d; ++k) {
+    total += c[k];
+    weighted += c[k] * (static_cast<double>(d - k) - 0.5);
+  }
+  return total > 0 ? 1.0 - 2.0 * weighted / (static_cast<double>(d) * total) : 0.0;
+}
+
+// Gini index of magnitudes c (reordered in place): NaN if any is NaN; with infinite entries, the
+// limit in which they dominate equally.
 double gini_of_magnitudes(std::vector<double>& c) {
-  if (c.empty()) return 0;
   double largest = 0;
   for (double v : c) {
     if (std::isnan(v)) return v;
@@ -367,17 +378,91 @@ double gini_of_magnitudes(std::vector<double>& c) {
   if (std::isinf(largest))
     for (double& v : c) v = std::isinf(v) ? 1.0 : 0.0;
   std::sort(c.begin(), c.end());
-  const double d = static_cast<double>(c.size());
-  double total = 0, weighted = 0;
-  for (size_t k = 0; k < c.size(); ++k) {
-    total += c[k];
-    weighted += c[k] * (d - static_cast<double>(k) - 0.5);
+  return gini_of_sorted(c.data(), static_cast<int64_t>(c.size()));
+}
+
+// Sorts the bit patterns of non-negative floats, which order as the floats do: an LSD radix sort
+// over three 11-bit digits (a whole-tensor Gini sorts millions of keys: 6x faster than std::sort of
+// doubles), skipping a digit all keys share. `counts` holds 3 * 2048 entries. Returns whichever of
+// keys / scratch holds the result.
+constexpr int kDigitBits = 11;
+constexpr int64_t kDigitBins = int64_t{1} << kDigitBits;
+
+uint32_t* radix_sort_keys(uint32_t* keys, uint32_t* scratch, int64_t n, int64_t* counts) {
+  std::fill(counts, counts + 3 * kDigitBins, int64_t{0});
+  for (int64_t i = 0; i < n; ++i)
+    for (int digit = 0; digit < 3; ++digit) ++counts[digit * kDigitBins + ((keys[i] >> (digit * kDigitBits)) & (kDigitBins - 1))];
+  for (int digit = 0; digit < 3; ++digit) {
+    int64_t* bins = counts + digit * kDigitBins;
+    const int shift = digit * kDigitBits;
+    if (bins[(keys[0] >> shift) & (kDigitBins - 1)] == n) continue;
+    for (int64_t bin = 0, start = 0; bin < kDigitBins; ++bin) std::swap(bins[bin], start), start += bins[bin];
+    for (int64_t i = 0; i < n; ++i) scratch[bins[(keys[i] >> shift) & (kDigitBins - 1)]++] = keys[i];
+    std::swap(keys, scratch);
   }
-  return total > 0 ? 1.0 - 2.0 * weighted / (d * total) : 0.0;
+  return keys;
+}
+
+// Rows with fewer keys sort them with std::sort: the radix sort's 3 x 2048 bins cost more there
+// (measured crossover near 100 keys; 16M keys in rows of 128-4096: 2.2-8x faster by radix).
+constexpr int64_t kRadixMinKeys = 128;
+
+// Gini of one row's survivors for float, half and bfloat16 x (their magnitudes are exact floats).
+template <typename scalar_t>
+double gini_of_float_row(const scalar_t* x, const bool* mask, int64_t n, std::vector<uint32_t>& keys,
+                         std::vector<uint32_t>& scratch, std::vector<int64_t>& counts) {
+  keys.clear();
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (!mask || mask[i]) {
+      const uint32_t key = std::bit_cast<uint32_t>(std::abs(static_cast<float>(x[i])));
+      keys.push_back(key);
+      largest = std::max(largest, key);
+    }
+  const int64_t d = static_cast<int64_t>(keys.size());
+  constexpr uint32_t kInfinity = 0x7f800000u;  // keys above it are NaN
+  if (largest >= kInfinity) {
+    if (largest > kInfinity) return std::numeric_limits<double>::quiet_NaN();
+    std::vector<double> c(keys.size());
+    for (int64_t k = 0; k < d; ++k) c[k] = std::bit_cast<float>(keys[k]);
+    return gini_of_magnitudes(c);
+  }
+  const uint32_t* sorted = keys.data();
+  if (d < kRadixMinKeys) {
+    std::sort(keys.begin(), keys.end());
+  } else {
+    scratch.resize(keys.size());
+    counts.resize(3 * kDigitBins);
+    sorted = radix_sort_keys(keys.data(), scratch.data(), d, counts.data());
+  }
+  return gini_of_sorted(reinterpret_cast<const float*>(sorted), d);
+}
+
+template <typename scalar_t>
+void row_gini_kernel(const scalar_t* xp, const bool* mp, int64_t rows, int64_t n, at::Tensor& out) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  acc_t* op = out.data_ptr<acc_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<double> c;
+    std::vector<uint32_t> keys, scratch;
+    std::vector<int64_t> counts;
+    for (int64_t row = lo; row < hi; ++row) {
+      const scalar_t* x = xp + row * n;
+      const bool* mask = mp ? mp + row * n : nullptr;
+      if constexpr (std::is_same_v<scalar_t, double>) {
+        c.clear();
+        for (int64_t i = 0; i < n; ++i)
+          if (!mask || mask[i]) c.push_back(std::abs(x[i]));
+        op[row] = gini_of_magnitudes(c);
+      } else {
+        op[row] = static_cast<acc_t>(gini_of_float_row(x, mask, n, keys, scratch, counts));
+      }
+    }
+  });
 }
 
 // Gini index of each row's survivors (Hurley & Rickard): sort |x| ascending as c_1..c_d, then
-// 1 - 2 sum_k (c_k / ||c||_1) (d - k + 1/2) / d. Computed in double on the row's magnitudes.
+// 1 - 2 sum_k (c_k / ||c||_1) (d - k + 1/2) / d, summed in double.
 at::Tensor row_gini_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in) {
   check_rows(x_in, mask_in, "row_gini");
   const at::Tensor x = x_in.contiguous();
@@ -387,20 +472,8 @@ at::Tensor row_gini_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>&
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({rows}, x.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "row_gini_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const bool* mp = mask ? mask->const_data_ptr<bool>() : nullptr;
-    acc_t* op = out.data_ptr<acc_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<double> c;
-      c.reserve(n);
-      for (int64_t row = lo; row < hi; ++row) {
-        c.clear();
-        for (int64_t i = 0; i < n; ++i)
-          if (!mp || mp[row * n + i]) c.push_back(std::abs(static_cast<double>(xp[row * n + i])));
-        op[row] = static_cast<acc_t>(gini_of_magnitudes(c));
-      }
-    });
+    row_gini_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
+                              rows, n, out);
   });
   return out;
 }
