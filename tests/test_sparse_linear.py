@@ -466,7 +466,9 @@ def test_compile_fullgraph(gen):
     """Inference through inductor and training through AOTAutograd, without graph breaks."""
     w, mask, b = random_layer(gen, 24, 64, torch.float32)
     model = nn.Sequential(SparseLinear.from_linear(dense_linear(w, b), mask, format="bitmap"), nn.ReLU(),
-                          SparseLinear.from_linear(dense_linear(w[:, :24], b), mask[:, :24], format="csr16"))
+                          SparseLinear.from_linear(dense_linear(w[:, :24], b), mask[:, :24], format="csr16"),
+                          nn.ReLU(),  # "dense" unpacks its bitmap in every training forward
+                          SparseLinear.from_linear(dense_linear(w[:, 24:48], b), mask[:, 24:48], format="dense"))
     x = torch.randn(2, 3, 64, generator=gen)
     torch._dynamo.reset()
     with torch.no_grad():
