@@ -2,7 +2,8 @@
 
 As a pytest-benchmark module (`make bench`): the claimed points, each group with ours (SparseLinear
 with format="auto", as users build it), the peer (dense F.linear on W * mask, the tests' oracle
-computed in float32) and torch.sparse.mm with CSR; benchmarks/ratios.py turns the JSON into ratios.
+computed in float32) and torch.sparse.mm with CSR; then training steps (forward + backward)
+against torch.nn.utils.prune's masked dense layer. benchmarks/ratios.py turns the JSON into ratios.
 
 As a script, the full sweep (sparsity x batch x uniform / per-row-varying density, every format),
 which takes minutes:
@@ -95,6 +96,36 @@ def _make_benchmarks(batch: int, sparsity: float):
 for _batch, _sparsity in CLAIMS:
     for _role, _fn in _make_benchmarks(_batch, _sparsity).items():
         globals()[f"test_b{_batch}_s{round(_sparsity * 100)}_{_role}"] = _fn
+
+
+TRAINING_CLAIMS = [(16, 0.5), (16, 0.9), (512, 0.9)]
+
+
+def _make_training_benchmarks(batch: int, sparsity: float):
+    """One fine-tuning step of the layer, forward and backward with gradients for x, the weights
+    and the bias: ours against torch.nn.utils.prune's layer (F.linear on weight_orig * weight_mask,
+    recomputed every step, as its forward pre-hook does)."""
+    group = f"sparse linear 4096² training step batch {batch} sparsity {sparsity:.0%}"
+    x = torch.randn(batch, SIZE, generator=torch.Generator().manual_seed(1)).requires_grad_()
+
+    def ours(benchmark, layers):
+        benchmark.group = group
+        layer = layers(sparsity)[0]
+        benchmark(lambda: layer(x).sum().backward())
+
+    def peer(benchmark, layers):
+        benchmark.group = group
+        layer = layers(sparsity)[0]
+        orig = layer.weight.detach().clone().requires_grad_()
+        mask, bias = layer.mask.to(orig.dtype), layer.bias.detach().clone().requires_grad_()
+        benchmark(lambda: F.linear(x, orig * mask, bias).sum().backward())
+
+    return {"ours": ours, "peer": peer}
+
+
+for _batch, _sparsity in TRAINING_CLAIMS:
+    for _role, _fn in _make_training_benchmarks(_batch, _sparsity).items():
+        globals()[f"test_training_b{_batch}_s{round(_sparsity * 100)}_{_role}"] = _fn
 
 
 # ---- the sweep (script) ----

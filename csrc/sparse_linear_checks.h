@@ -5,19 +5,19 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 
 namespace lqk {
 
 enum class SparseFormat { kBitmap, kCsr16 };
 
-// TORCH_CHECKs every shape, dtype and device precondition of y = x · Wᵀ + b with W in `fmt`
-// (the data itself, offsets and indices, is the kernels' concern); returns out_features.
-inline int64_t check_sparse_linear(const char* op, SparseFormat fmt, const at::Tensor& x,
-                                   const at::Tensor& values, const at::Tensor& offsets,
-                                   const at::Tensor& index, const std::optional<at::Tensor>& bias) {
+// TORCH_CHECKs the compressed W of a layer with `in` inputs, dtype `t` and on `device`: values,
+// row offsets and index (their shapes, dtypes and device; the data itself, offsets and indices, is
+// the kernels' concern). Returns out_features.
+inline int64_t check_sparse_weight(const char* op, SparseFormat fmt, at::ScalarType t, at::Device device,
+                                   int64_t in, const at::Tensor& values, const at::Tensor& offsets,
+                                   const at::Tensor& index) {
   const bool bitmap = fmt == SparseFormat::kBitmap;
-  TORCH_CHECK(x.dim() == 2, op, ": x must be (M, in_features), got shape ", x.sizes());
-  const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
               ": unsupported dtype ", t, " (float16, bfloat16, float32 or float64)");
   TORCH_CHECK(values.scalar_type() == t, op, ": values dtype ", values.scalar_type(),
@@ -29,7 +29,7 @@ inline int64_t check_sparse_linear(const char* op, SparseFormat fmt, const at::T
   const auto index_type = bitmap ? at::kInt : at::kShort;
   TORCH_CHECK(index.scalar_type() == index_type, op, ": ", bitmap ? "bitmap" : "columns",
               " must be ", index_type, ", got ", index.scalar_type());
-  const int64_t out = offsets.numel() - 1, in = x.size(1), words = (in + 31) / 32;
+  const int64_t out = offsets.numel() - 1, words = (in + 31) / 32;
   if (bitmap) {
     TORCH_CHECK(index.dim() == 2 && index.size(0) == out && index.size(1) == words, op,
                 ": for in_features ", in, " and ", out, " rows expected a (", out, ", ", words,
@@ -40,6 +40,20 @@ inline int64_t check_sparse_linear(const char* op, SparseFormat fmt, const at::T
                 ": values and columns must be 1-d of one length, got ", values.sizes(), " and ",
                 index.sizes());
   }
+  for (const at::Tensor* other : {&values, &offsets, &index})
+    TORCH_CHECK(other->device() == device, op, ": operands must be on x's device ", device,
+                ", got one on ", other->device());
+  return out;
+}
+
+// TORCH_CHECKs every shape, dtype and device precondition of y = x · Wᵀ + b with W in `fmt`;
+// returns out_features.
+inline int64_t check_sparse_linear(const char* op, SparseFormat fmt, const at::Tensor& x,
+                                   const at::Tensor& values, const at::Tensor& offsets,
+                                   const at::Tensor& index, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be (M, in_features), got shape ", x.sizes());
+  const auto t = x.scalar_type();
+  const int64_t out = check_sparse_weight(op, fmt, t, x.device(), x.size(1), values, offsets, index);
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == t && bias->dim() == 1 && bias->numel() == out, op,
                 ": bias must be (", out, ",) of dtype ", t, ", got ", bias->sizes(), " ",
@@ -47,10 +61,17 @@ inline int64_t check_sparse_linear(const char* op, SparseFormat fmt, const at::T
     TORCH_CHECK(bias->device() == x.device(), op, ": bias is on ", bias->device(), " but x is on ",
                 x.device());
   }
-  for (const at::Tensor* other : {&values, &offsets, &index})
-    TORCH_CHECK(other->device() == x.device(), op, ": operands must be on x's device ", x.device(),
-                ", got one on ", other->device());
   return out;
+}
+
+// TORCH_CHECKs dy, the gradient of y = x · Wᵀ + b: (M, out_features), of the layer's dtype and
+// device (rows = -1: any M).
+inline void check_output_gradient(const char* op, const at::Tensor& dy, int64_t rows, int64_t out,
+                                  at::ScalarType t, at::Device device) {
+  TORCH_CHECK(dy.dim() == 2 && dy.size(1) == out && (rows < 0 || dy.size(0) == rows), op,
+              ": dy must be (", rows < 0 ? "M" : std::to_string(rows), ", ", out, "), got shape ", dy.sizes());
+  TORCH_CHECK(dy.scalar_type() == t, op, ": dy dtype ", dy.scalar_type(), " does not match ", t);
+  TORCH_CHECK(dy.device() == device, op, ": dy is on ", dy.device(), " but the layer is on ", device);
 }
 
 }  // namespace lqk

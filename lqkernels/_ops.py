@@ -377,10 +377,84 @@ def _bsr_linear_fake(x, values, block_row_offsets, block_columns, block_mask, bi
     return x.new_empty((x.shape[0], out_features))
 
 
+# Backward kernels of bitmap and csr16 (C++ on the CPU; elsewhere these references, which go
+# through the dense W):
+#   <fmt>_linear_grad_input(dy, values, row_offsets, index, in_features) = dy · (W ∘ mask), (M, in)
+#   <fmt>_linear_grad_values(dy, x, values, row_offsets, index) = the kept entries of dyᵀ · x, in
+#                                                                 the values' order and shape
+# Both are linear in each tensor argument but `values` of grad_values (which only gives its
+# shape), so their own gradients are these same ops and the forward: double backward works.
+_SPARSE_GRAD_CHECKS = {"bitmap": ("bitmap", _check_bitmap), "csr16": ("columns", _check_csr16)}
+SPARSE_GRAD_REFERENCES = {}  # op name -> reference (the tests' second path besides the dispatcher)
+
+
+def _check_output_gradient(op: str, dy, rows, out_features: int, like) -> None:
+    """dy of y = x · Wᵀ + b: (rows or any, out_features), of `like`'s dtype and device."""
+    if dy.dim() != 2 or dy.shape[1] != out_features or (rows is not None and dy.shape[0] != rows):
+        raise ValueError(f"{op}: dy must be ({'M' if rows is None else rows}, {out_features}), got shape "
+                         f"{tuple(dy.shape)}")
+    if dy.dtype != like.dtype or dy.device != like.device:
+        raise TypeError(f"{op}: dy is {dy.dtype} on {dy.device}, the layer {like.dtype} on {like.device}")
+
+
+def _define_sparse_grads(fmt: str) -> None:
+    index_name, check = _SPARSE_GRAD_CHECKS[fmt]
+    grad_input, grad_values = f"{fmt}_linear_grad_input", f"{fmt}_linear_grad_values"
+    lib.define(f"{grad_input}(Tensor dy, Tensor values, Tensor row_offsets, Tensor {index_name}, "
+               f"int in_features) -> Tensor")
+    lib.define(f"{grad_values}(Tensor dy, Tensor x, Tensor values, Tensor row_offsets, "
+               f"Tensor {index_name}) -> Tensor")
+
+    def grad_input_reference(dy, values, row_offsets, index, in_features):
+        if in_features < 0:
+            raise ValueError(f"{grad_input}: in_features must be >= 0, got {in_features}")
+        check(dy.new_empty((0, in_features)), values, row_offsets, index, None, grad_input)
+        _check_output_gradient(grad_input, dy, None, row_offsets.shape[0] - 1, values)
+        return dy @ _sparse_to_dense(fmt, values, row_offsets, [index], dy.shape[1], in_features)
+
+    def grad_values_reference(dy, x, values, row_offsets, index):
+        check(x, values, row_offsets, index, None, grad_values)
+        _check_output_gradient(grad_values, dy, x.shape[0], row_offsets.shape[0] - 1, x)
+        return _dense_grad_to_kept(fmt, dy.t() @ x, values, row_offsets, [index])
+
+    for name, reference in ((grad_input, grad_input_reference), (grad_values, grad_values_reference)):
+        lib.impl(name, reference, "CompositeExplicitAutograd")
+        SPARSE_GRAD_REFERENCES[name] = reference
+    torch.library.register_fake(f"lqkernels::{grad_input}",
+                                lambda dy, values, row_offsets, index, in_features:
+                                dy.new_empty((dy.shape[0], in_features)))
+    torch.library.register_fake(f"lqkernels::{grad_values}",
+                                lambda dy, x, values, row_offsets, index: values.new_empty(values.shape))
+    forward = getattr(torch.ops.lqkernels, f"{fmt}_linear")
+    grad_input_op, grad_values_op = getattr(torch.ops.lqkernels, grad_input), getattr(torch.ops.lqkernels, grad_values)
+
+    def save_tensors(ctx, inputs, output):
+        ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
+
+    def grad_input_backward(ctx, g):  # g like dy · W: (M, in)
+        dy, values, row_offsets, index = ctx.saved_tensors
+        need_dy, need_values = ctx.needs_input_grad[:2]
+        return (forward(g, values, row_offsets, index, None) if need_dy else None,
+                grad_values_op(dy, g, values, row_offsets, index) if need_values else None, None, None, None)
+
+    def grad_values_backward(ctx, g):  # g like values
+        dy, x, values, row_offsets, index = ctx.saved_tensors
+        need_dy, need_x = ctx.needs_input_grad[:2]
+        return (forward(x, g, row_offsets, index, None) if need_dy else None,
+                grad_input_op(dy, g, row_offsets, index, x.shape[1]) if need_x else None, None, None, None)
+
+    torch.library.register_autograd(f"lqkernels::{grad_input}", grad_input_backward, setup_context=save_tensors)
+    torch.library.register_autograd(f"lqkernels::{grad_values}", grad_values_backward, setup_context=save_tensors)
+
+
+for _fmt in _SPARSE_GRAD_CHECKS:
+    _define_sparse_grads(_fmt)
+
+
 # Autograd, shared by every format and backend (the Triton ops register the same functions):
 #   grad_x = dy · W,  grad_values = kept entries of dyᵀ · x,  grad_bias = Σ dy.
-# Both products go through the dense W (the cost of a dense layer's backward): fine-tuning is rare
-# next to inference, and one formula serves every format on every device.
+# bitmap and csr16 run their backward kernels above; bsr goes through the dense W (its tiles are
+# the large-batch GPU format, where the dense products are tensor-core GEMMs).
 # Every op's inputs are (x, values, offsets, *index tensors, bias[, out_features]).
 SPARSE_INDEX_TENSORS = {"bitmap": 1, "csr16": 1, "bsr": 2}
 
@@ -397,10 +471,13 @@ def register_sparse_linear_autograd(op: str, fmt: str) -> None:
     def backward(ctx, dy):
         x, values, offsets, *index = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
+        kernels = fmt in _SPARSE_GRAD_CHECKS
         if ctx.needs_input_grad[0]:
-            grads[0] = dy @ _sparse_to_dense(fmt, values, offsets, index, dy.shape[1], x.shape[1])
+            grads[0] = (getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_input")(dy, values, offsets, index[0], x.shape[1])
+                        if kernels else dy @ _sparse_to_dense(fmt, values, offsets, index, dy.shape[1], x.shape[1]))
         if ctx.needs_input_grad[1]:
-            grads[1] = _dense_grad_to_kept(fmt, dy.t() @ x, values, offsets, index)
+            grads[1] = (getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_values")(dy, x, values, offsets, index[0])
+                        if kernels else _dense_grad_to_kept(fmt, dy.t() @ x, values, offsets, index))
         if ctx.needs_input_grad[3 + n_index]:
             grads[3 + n_index] = dy.sum(0)
         return tuple(grads)

@@ -46,6 +46,8 @@ def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     CUDA devices) are a word: 18x faster than one 32-way shift-and-sum in int64."""
     n = bits.shape[-1]
     words = -(-n // 32)
+    if words == 0:  # no bytes to reinterpret
+        return torch.zeros((*bits.shape[:-1], 0), dtype=torch.int32, device=bits.device)
     octets = F.pad(bits, (0, words * 32 - n)).view(torch.uint8).view(*bits.shape[:-1], words * 4, 8)
     packed = octets[..., 0].clone(memory_format=torch.contiguous_format)
     for j in range(1, 8):

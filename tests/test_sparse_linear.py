@@ -74,18 +74,22 @@ def oracle(x, w, mask, b):
     return F.linear(x.double(), (w * mask).double(), None if b is None else b.double())
 
 
-def assert_close_to_oracle(y, x, w, mask, b):
-    expected = oracle(x, w, mask, b)
-    assert y.dtype == x.dtype and y.shape == expected.shape
+def assert_close_to(y, expected, own, reduced: int):
+    """y against its float64 value `expected`, where `own` is PyTorch's result in y's dtype and
+    `reduced` the length of the sums behind each entry."""
+    assert y.dtype == own.dtype and y.shape == expected.shape
     err = (y.double() - expected).abs().max().item() if y.numel() else 0.0
     scale = 1.0 + (expected.abs().max().item() if y.numel() else 0.0)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        own = F.linear(x, w * mask, b)  # PyTorch in the same dtype
+    if y.dtype in (torch.float16, torch.bfloat16):
         own_err = (own.double() - expected).abs().max().item() if y.numel() else 0.0
-        bound = 2 * own_err + torch.finfo(x.dtype).eps * scale
+        bound = 2 * own_err + torch.finfo(y.dtype).eps * scale
     else:
-        bound = (1e-5 if x.dtype == torch.float32 else 1e-12) * scale * (1 + x.shape[1] ** 0.5)
+        bound = (1e-5 if y.dtype == torch.float32 else 1e-12) * scale * (1 + reduced ** 0.5)
     assert err <= bound, f"max error {err} above {bound}"
+
+
+def assert_close_to_oracle(y, x, w, mask, b):
+    assert_close_to(y, oracle(x, w, mask, b), F.linear(x, w * mask, b), x.shape[1])
 
 
 def kernel_of(fmt, backend):
@@ -163,6 +167,79 @@ def test_values_gradient_is_masked_dense_gradient(fmt, device, backend, gen):
     grad_dense = _ops._sparse_to_dense(fmt, layer.values.grad, INDEX_BUFFERS(layer)[0], INDEX_BUFFERS(layer)[1:],
                                        9, 70)
     torch.testing.assert_close(grad_dense, wd.grad * mask)
+
+
+# ---- backward kernels (bitmap, csr16): dy · (W ∘ mask) and the kept entries of dyᵀ · x ----
+GRAD_FORMATS = ("bitmap", "csr16")
+GRAD_SHAPES = SHAPES + LARGE_SHAPES + [(16, 7, 50), (3, 5, 0), (2, 4, 1)]  # + a full tile, no inputs, one input
+
+
+def grad_ops(fmt, path):
+    """(grad_input, grad_values) of `fmt` through the dispatcher (the C++ kernels for CPU tensors,
+    the references elsewhere) or the references themselves."""
+    names = (f"{fmt}_linear_grad_input", f"{fmt}_linear_grad_values")
+    if path == "reference":
+        return tuple(_ops.SPARSE_GRAD_REFERENCES[n] for n in names)
+    return tuple(getattr(torch.ops.lqkernels, n) for n in names)
+
+
+@pytest.mark.parametrize("path", ["dispatcher", "reference"])
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", GRAD_FORMATS)
+def test_backward_kernels_match_float64(fmt, device, dtype, shape, path, gen):
+    m, out_features, in_features = shape
+    w, mask, _ = random_layer(gen, out_features, in_features, dtype, device)
+    packed = pack_weight(w, mask, fmt)
+    index = [packed[n] for n in INDEX_OF[fmt]]
+    x = torch.randn(m, in_features, generator=gen).to(device, dtype)
+    dy = torch.randn(out_features, m, generator=gen).to(device, dtype).t()  # a transposed view
+    grad_input, grad_values = grad_ops(fmt, path)
+    wm = w * mask
+    assert_close_to(grad_input(dy, packed["values"], *index, in_features), dy.double() @ wm.double(), dy @ wm,
+                    out_features)
+    assert_close_to(grad_values(dy, x, packed["values"], *index), (dy.double().t() @ x.double())[mask],
+                    (dy.t() @ x)[mask], m)
+
+
+@pytest.mark.parametrize("fmt", GRAD_FORMATS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_kernels_opcheck_and_double_backward(fmt, device, gen):
+    w, mask, b = random_layer(gen, 6, 40, torch.float64, device)
+    packed = pack_weight(w, mask, fmt)
+    index = [packed[n] for n in INDEX_OF[fmt]]
+    x = torch.randn(3, 40, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    dy = torch.randn(3, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    values = packed["values"].clone().requires_grad_()
+    grad_input, grad_values = (getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_{n}") for n in ("input", "values"))
+    torch.library.opcheck(grad_input.default, (dy, values, *index, 40))
+    torch.library.opcheck(grad_values.default, (dy, x, values, *index))
+    op = getattr(torch.ops.lqkernels, OP_OF[fmt])
+    assert torch.autograd.gradgradcheck(lambda x, v: op(x, v, *index, b), (x, values))
+
+
+def test_backward_kernel_errors_name_the_value(gen):
+    w, mask, _ = random_layer(gen, 6, 40, torch.float32)
+    p = pack_weight(w, mask, "bitmap")
+    dy, x = torch.randn(2, 6), torch.randn(2, 40)
+    grad_input, grad_values = torch.ops.lqkernels.bitmap_linear_grad_input, torch.ops.lqkernels.bitmap_linear_grad_values
+    with pytest.raises((RuntimeError, ValueError), match=r"dy must be \(M, 6\)"):
+        grad_input(dy[:, :5], p["values"], p["row_offsets"], p["bitmap"], 40)
+    with pytest.raises((RuntimeError, ValueError), match="in_features must be >= 0, got -1"):
+        grad_input(dy, p["values"], p["row_offsets"], p["bitmap"], -1)
+    with pytest.raises((RuntimeError, ValueError), match=r"\(6, 1\) bitmap"):
+        grad_input(dy, p["values"], p["row_offsets"], p["bitmap"], 20)
+    with pytest.raises((RuntimeError, ValueError), match=r"dy must be \(3, 6\)"):
+        grad_values(dy, torch.randn(3, 40), p["values"], p["row_offsets"], p["bitmap"])
+    with pytest.raises((RuntimeError, TypeError), match="dy dtype|dy is torch.float64"):
+        grad_values(dy.double(), x, p["values"], p["row_offsets"], p["bitmap"])
+    bad = p["bitmap"].clone()
+    bad[3, 0] ^= 1  # one bit more than row 3's offsets hold
+    with pytest.raises(RuntimeError, match="row 3 of the bitmap marks"):
+        grad_values(dy, x, p["values"], p["row_offsets"], bad)
+    with pytest.raises(RuntimeError, match="row 3 of the bitmap marks"):
+        grad_input(dy, p["values"], p["row_offsets"], bad, 40)
 
 
 def INDEX_BUFFERS(layer):  # noqa: N802  (the layer's index tensors, in op order)

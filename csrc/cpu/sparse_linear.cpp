@@ -10,6 +10,11 @@
 //    value w_rc adds w_rc · xt[c, :] to the T outputs of row r, one broadcast FMA per 16 lanes.
 // Rows of W are split over threads by their cost (kept values, plus bitmap words), not by count,
 // so layers whose rows have very different densities keep both cores busy.
+//
+// Backward (lqkernels::{bitmap,csr16}_linear_grad_input / _grad_values), on the same tiles: the
+// values' gradient is one T-lane dot product of dyᵀ and xᵀ columns per kept value (rows split over
+// threads); dy · W scatters w · dyᵀ[r, :] into the kept columns of a transposed gx tile, with the
+// columns split over threads so that no two write the same one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,6 +27,8 @@
 #include <bit>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "sparse_linear_checks.h"
@@ -89,7 +96,7 @@ void check_index_rows(const char* op, const int64_t* offs, const void* index, in
       for (int64_t w = 0; w < nwords; ++w) bits += std::popcount(words[r * nwords + w]);
       TORCH_CHECK(bits == offs[r + 1] - offs[r], op, ": row ", r, " of the bitmap marks ", bits,
                   " columns but its row offsets hold ", offs[r + 1] - offs[r], " values");
-      TORCH_CHECK(!(words[r * nwords + nwords - 1] & tail), op, ": row ", r,
+      TORCH_CHECK(!tail || !(words[r * nwords + nwords - 1] & tail), op, ": row ", r,
                   " of the bitmap marks columns past in_features ", in);
     }
   } else {
@@ -199,6 +206,29 @@ void row_times_tile(const acc_t* xt, const col_t* cols, const scalar_t* vals, in
   }
 }
 
+// A (m, n) matrix as tiles of T rows, each transposed to (n, T) in the accumulation type:
+// tile[c * T + l] = a[tile_row0 + l, c], lanes past the last row 0. Every kernel that multiplies
+// kept values with rows of x or dy reads them this way: one kept value, T rows, one vector op.
+template <int T, typename scalar_t>
+std::unique_ptr<acc_of<scalar_t>[]> transposed_tiles(const scalar_t* a, int64_t m, int64_t n) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t tiles = (m + T - 1) / T;
+  // Every element is written below (padding lanes with 0): no value-initialisation.
+  std::unique_ptr<acc_t[]> t(new acc_t[static_cast<size_t>(tiles * n * T)]);
+  // A grain of 64K elements: transposing a few rows takes less than waking the other threads.
+  at::parallel_for(0, tiles * n, std::max<int64_t>(1, 65536 / T), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t tile = i / n, c = i % n;
+      acc_t* dst = t.get() + i * T;
+      for (int64_t l = 0; l < T; ++l) {
+        const int64_t row = tile * T + l;
+        dst[l] = row < m ? static_cast<acc_t>(to_float(a[row * n + c])) : acc_t(0);
+      }
+    }
+  });
+  return t;
+}
+
 // The transposed-tile strategy (any M, any dtype), with tiles of T x rows. Bitmap rows are swept
 // in column chunks whose slice of xt fits L1 (32 KB): every row's kept values in a chunk then
 // multiply L1-resident x lanes (random columns over the whole xt would wait on L2 instead), and
@@ -218,19 +248,7 @@ void linear_by_tiles(const char* op, const scalar_t* x, int64_t m_rows, int64_t 
       fmt == Format::kCsr16 ? 1 : std::max<int64_t>(1, std::min((in + kL1Chunk - 1) / kL1Chunk, row_nnz / 32));
   const int64_t chunk_cols = ((in + chunks - 1) / chunks + 31) / 32 * 32;  // whole bitmap words
   const int64_t tiles = (m_rows + T - 1) / T;
-  // Every element is written below (padding lanes with 0): no value-initialisation.
-  const std::unique_ptr<acc_t[]> xt(new acc_t[static_cast<size_t>(tiles * in * T)]);
-  // A grain of 64K elements: transposing a few x rows takes less than waking the other threads.
-  at::parallel_for(0, tiles * in, std::max<int64_t>(1, 65536 / T), [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t tile = i / in, c = i % in;
-      acc_t* dst = xt.get() + i * T;
-      for (int64_t l = 0; l < T; ++l) {
-        const int64_t m = tile * T + l;
-        dst[l] = m < m_rows ? static_cast<acc_t>(to_float(x[m * in + c])) : acc_t(0);
-      }
-    }
-  });
+  const std::unique_ptr<acc_t[]> xt = transposed_tiles<T>(x, m_rows, in);
   const int64_t nwords = (in + 31) / 32, per_row = row_overhead(fmt, nwords);
   const int64_t parts = parts_for((offsets[out] + out * per_row) * m_rows);
   const std::vector<int64_t> bounds = balanced_splits(offsets, out, per_row, parts);
@@ -269,6 +287,135 @@ void linear_by_tiles(const char* op, const scalar_t* x, int64_t m_rows, int64_t 
         scalar_t* yl = y + (tile * T + l) * out;
         for (int64_t r = r0; r < r1; ++r)
           yl[r] = static_cast<scalar_t>(partial[(r - r0) * T + l] + (bias ? static_cast<acc_t>(to_float(bias[r])) : acc_t(0)));
+      }
+    }
+  });
+}
+
+// ---- backward: dL/dx = dy · (W ∘ mask) and dL/dvalues = (dyᵀ · x) at the kept positions ----
+
+// Calls f(std::integral_constant<int, T>{}) with the narrowest tile of T rows that holds m rows,
+// at most 64 lanes (16 zmm): wasted lanes cost FMAs.
+template <typename F>
+void with_tile_width(int64_t m_rows, F&& f) {
+  if (m_rows <= 16) f(std::integral_constant<int, 16>{});
+  else if (m_rows <= 32) f(std::integral_constant<int, 32>{});
+  else f(std::integral_constant<int, 64>{});
+}
+
+// The kept columns of row r in columns [c0, c1) (c0 a multiple of 32), relative to c0, as int32 in
+// `buffer` (room for 16 past the end); [first, last) are their slots among the values. Returns
+// how many.
+template <Format fmt>
+int64_t kept_columns(const void* index, int64_t nwords, int64_t r, int64_t c0, int64_t c1, int64_t first,
+                     int64_t last, int32_t* buffer) {
+  if constexpr (fmt == Format::kBitmap) {
+    const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
+    return bitmap_row_columns(words + c0 / 32, (c1 - c0 + 31) / 32, buffer);
+  } else {
+    const uint16_t* cols = static_cast<const uint16_t*>(index);
+    for (int64_t k = first; k < last; ++k) buffer[k - first] = static_cast<int32_t>(cols[k] - c0);
+    return last - first;
+  }
+}
+
+// gv[k] = sum over the M rows of dy[:, r] · x[:, c] for every kept (r, c), from T-row tiles of
+// dyᵀ and xᵀ. Rows of W are split over threads by their cost, as in the forward; each task owns
+// its rows' values and sums all tiles itself, so nothing is shared between tasks.
+template <int T, typename scalar_t, Format fmt>
+void grad_values_by_tiles(const char* op, const scalar_t* dy, const scalar_t* x, int64_t m_rows, int64_t in,
+                          int64_t out, const int64_t* offsets, const void* index, scalar_t* gv) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t tiles = (m_rows + T - 1) / T, nwords = (in + 31) / 32;
+  const std::unique_ptr<acc_t[]> xt = transposed_tiles<T>(x, m_rows, in);
+  const std::unique_ptr<acc_t[]> dyt = transposed_tiles<T>(dy, m_rows, out);
+  const int64_t per_row = row_overhead(fmt, nwords);
+  const int64_t parts = parts_for((offsets[out] + out * per_row) * m_rows);
+  const std::vector<int64_t> bounds = balanced_splits(offsets, out, per_row, parts);
+  at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> cols(static_cast<size_t>(nwords * 32 + 16));
+    std::vector<acc_t> acc;
+    for (int64_t part = lo; part < hi; ++part) {
+      const int64_t r0 = bounds[part], r1 = bounds[part + 1];
+      check_index_rows<fmt>(op, offsets, index, in, r0, r1);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = kept_columns<fmt>(index, nwords, r, 0, in, offsets[r], offsets[r + 1], cols.data());
+        acc.assign(static_cast<size_t>(n), acc_t(0));
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const acc_t* d = dyt.get() + (tile * out + r) * T;
+          const acc_t* xtile = xt.get() + tile * in * T;
+          for (int64_t k = 0; k < n; ++k) {
+            const acc_t* xc = xtile + static_cast<int64_t>(cols[k]) * T;
+            acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int l = 0; l < T; ++l) sum += d[l] * xc[l];
+            acc[k] += sum;
+          }
+        }
+        for (int64_t k = 0; k < n; ++k) gv[offsets[r] + k] = static_cast<scalar_t>(acc[k]);
+      }
+    }
+  });
+}
+
+// gx = dy · (W ∘ mask), from T-row tiles of dyᵀ: every kept w_rc adds w_rc · dyᵀ[r, :] to column c
+// of a transposed gx tile. Columns, not rows, are split over threads (32-aligned ranges, each
+// written by one task), so the scattered adds never collide; `starts` holds the slot of each row's
+// first kept value in each range.
+template <int T, typename scalar_t, Format fmt>
+void grad_input_by_tiles(const char* op, const scalar_t* dy, int64_t m_rows, int64_t out, const scalar_t* vals,
+                         const int64_t* offsets, const void* index, int64_t in, scalar_t* gx) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t tiles = (m_rows + T - 1) / T, nwords = (in + 31) / 32;
+  const std::unique_ptr<acc_t[]> dyt = transposed_tiles<T>(dy, m_rows, out);
+  const int64_t work = (offsets[out] + out * row_overhead(fmt, nwords)) * m_rows;
+  const int64_t ranges = std::clamp<int64_t>(parts_for(work), 1, std::max<int64_t>(nwords, 1));
+  const int64_t range_words = (nwords + ranges - 1) / ranges;
+  std::vector<int64_t> starts(static_cast<size_t>(out * (ranges + 1)));
+  at::parallel_for(0, out, 256, [&](int64_t lo, int64_t hi) {
+    check_index_rows<fmt>(op, offsets, index, in, lo, hi);
+    for (int64_t r = lo; r < hi; ++r) {
+      int64_t* s = starts.data() + r * (ranges + 1);
+      s[0] = offsets[r];
+      for (int64_t j = 1; j <= ranges; ++j) {
+        if constexpr (fmt == Format::kBitmap) {
+          const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
+          int64_t bits = 0;
+          for (int64_t w = (j - 1) * range_words; w < std::min(nwords, j * range_words); ++w)
+            bits += std::popcount(words[w]);
+          s[j] = s[j - 1] + bits;
+        } else {
+          const uint16_t* cols = static_cast<const uint16_t*>(index);
+          const int64_t c = std::min(in, j * range_words * 32);
+          s[j] = std::lower_bound(cols + s[j - 1], cols + offsets[r + 1], c,
+                                  [](uint16_t a, int64_t b) { return static_cast<int64_t>(a) < b; }) - cols;
+        }
+      }
+    }
+  });
+  at::parallel_for(0, tiles * ranges, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> cols(static_cast<size_t>(range_words * 32 + 16));
+    std::vector<acc_t> gxt;
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t tile = task / ranges, j = task % ranges;
+      const int64_t c0 = std::min(in, j * range_words * 32), c1 = std::min(in, (j + 1) * range_words * 32);
+      gxt.assign(static_cast<size_t>((c1 - c0) * T), acc_t(0));
+      for (int64_t r = 0; r < out; ++r) {
+        const int64_t first = starts[r * (ranges + 1) + j], last = starts[r * (ranges + 1) + j + 1];
+        if (first == last) continue;
+        const int64_t n = kept_columns<fmt>(index, nwords, r, c0, c1, first, last, cols.data());
+        const acc_t* d = dyt.get() + (tile * out + r) * T;
+        for (int64_t k = 0; k < n; ++k) {
+          const acc_t w = static_cast<acc_t>(to_float(vals[first + k]));
+          acc_t* g = gxt.data() + static_cast<int64_t>(cols[k]) * T;
+#pragma omp simd
+          for (int l = 0; l < T; ++l) g[l] += w * d[l];
+        }
+      }
+      const int64_t lanes = std::min<int64_t>(T, m_rows - tile * T);
+      for (int64_t l = 0; l < lanes; ++l) {
+        scalar_t* row = gx + (tile * T + l) * in;
+        for (int64_t c = c0; c < c1; ++c) row[c] = static_cast<scalar_t>(gxt[(c - c0) * T + l]);
       }
     }
   });
@@ -416,15 +563,70 @@ at::Tensor sparse_linear_cpu(const char* op, const at::Tensor& x_in, const at::T
       }
     }
 #endif
-    if (!done) {
-      // The narrowest tile that holds M (wasted lanes cost FMAs), at most 64 lanes (16 zmm).
-      const void* ip = index.const_data_ptr();
-      if (m_rows <= 16) linear_by_tiles<16, scalar_t, fmt>(op, xp, m_rows, in, vp, offs, ip, bp, out, yp);
-      else if (m_rows <= 32) linear_by_tiles<32, scalar_t, fmt>(op, xp, m_rows, in, vp, offs, ip, bp, out, yp);
-      else linear_by_tiles<64, scalar_t, fmt>(op, xp, m_rows, in, vp, offs, ip, bp, out, yp);
-    }
+    if (!done)
+      with_tile_width(m_rows, [&](auto t) {
+        linear_by_tiles<decltype(t)::value, scalar_t, fmt>(op, xp, m_rows, in, vp, offs, index.const_data_ptr(), bp,
+                                                          out, yp);
+      });
   });
   return y;
+}
+
+// dL/dx of y = x · Wᵀ + b: dy (M, out) · (W ∘ mask), (M, in_features).
+template <Format fmt>
+at::Tensor sparse_linear_grad_input_cpu(const char* op, const at::Tensor& dy_in, const at::Tensor& values_in,
+                                        const at::Tensor& offsets_in, const at::Tensor& index_in, int64_t in) {
+  TORCH_CHECK(in >= 0, op, ": in_features must be >= 0, got ", in);
+  const int64_t out = check_sparse_weight(op, fmt, dy_in.scalar_type(), dy_in.device(), in, values_in, offsets_in,
+                                          index_in);
+  check_output_gradient(op, dy_in, -1, out, dy_in.scalar_type(), dy_in.device());
+  TORCH_CHECK(dy_in.device().is_cpu(), op, ": expects CPU tensors, got ", dy_in.device());
+  const at::Tensor dy = dy_in.contiguous(), values = values_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous(), index = index_in.contiguous();
+  const int64_t* offs = offsets.const_data_ptr<int64_t>();
+  check_offsets(op, offs, out, values.numel());
+  const int64_t m_rows = dy.size(0);
+  at::Tensor gx = at::empty({m_rows, in}, dy.options());
+  if (m_rows == 0 || in == 0) {  // no kernel task to check the rows: check them all here
+    check_index_rows<fmt>(op, offs, index.const_data_ptr(), in, 0, out);
+    return gx;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "sparse_linear_grad_input_cpu", [&] {
+    with_tile_width(m_rows, [&](auto t) {
+      grad_input_by_tiles<decltype(t)::value, scalar_t, fmt>(op, dy.const_data_ptr<scalar_t>(), m_rows, out,
+                                                             values.const_data_ptr<scalar_t>(), offs,
+                                                             index.const_data_ptr(), in, gx.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return gx;
+}
+
+// dL/dvalues of y = x · Wᵀ + b: (dyᵀ · x) at the kept positions, in the values' order.
+template <Format fmt>
+at::Tensor sparse_linear_grad_values_cpu(const char* op, const at::Tensor& dy_in, const at::Tensor& x_in,
+                                         const at::Tensor& values_in, const at::Tensor& offsets_in,
+                                         const at::Tensor& index_in) {
+  const int64_t out = check_sparse_linear(op, fmt, x_in, values_in, offsets_in, index_in, std::nullopt);
+  check_output_gradient(op, dy_in, x_in.size(0), out, x_in.scalar_type(), x_in.device());
+  TORCH_CHECK(x_in.device().is_cpu(), op, ": expects CPU tensors, got ", x_in.device());
+  const at::Tensor dy = dy_in.contiguous(), x = x_in.contiguous(), values = values_in.contiguous();
+  const at::Tensor offsets = offsets_in.contiguous(), index = index_in.contiguous();
+  const int64_t* offs = offsets.const_data_ptr<int64_t>();
+  check_offsets(op, offs, out, values.numel());
+  const int64_t m_rows = x.size(0), in = x.size(1);
+  at::Tensor gv = at::empty_like(values);
+  if (m_rows == 0 || out == 0) {  // no kernel task to check the rows: check them all here
+    check_index_rows<fmt>(op, offs, index.const_data_ptr(), in, 0, out);
+    return gv.zero_();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_linear_grad_values_cpu", [&] {
+    with_tile_width(m_rows, [&](auto t) {
+      grad_values_by_tiles<decltype(t)::value, scalar_t, fmt>(op, dy.const_data_ptr<scalar_t>(),
+                                                              x.const_data_ptr<scalar_t>(), m_rows, in, out, offs,
+                                                              index.const_data_ptr(), gv.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return gv;
 }
 
 at::Tensor bitmap_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
@@ -437,6 +639,30 @@ at::Tensor csr16_linear_cpu(const at::Tensor& x, const at::Tensor& values, const
   return sparse_linear_cpu<Format::kCsr16>("csr16_linear", x, values, row_offsets, columns, bias);
 }
 
+at::Tensor bitmap_linear_grad_input_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
+                                        const at::Tensor& bitmap, int64_t in_features) {
+  return sparse_linear_grad_input_cpu<Format::kBitmap>("bitmap_linear_grad_input", dy, values, row_offsets, bitmap,
+                                                       in_features);
+}
+
+at::Tensor csr16_linear_grad_input_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
+                                       const at::Tensor& columns, int64_t in_features) {
+  return sparse_linear_grad_input_cpu<Format::kCsr16>("csr16_linear_grad_input", dy, values, row_offsets, columns,
+                                                      in_features);
+}
+
+at::Tensor bitmap_linear_grad_values_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
+                                         const at::Tensor& row_offsets, const at::Tensor& bitmap) {
+  return sparse_linear_grad_values_cpu<Format::kBitmap>("bitmap_linear_grad_values", dy, x, values, row_offsets,
+                                                        bitmap);
+}
+
+at::Tensor csr16_linear_grad_values_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
+                                        const at::Tensor& row_offsets, const at::Tensor& columns) {
+  return sparse_linear_grad_values_cpu<Format::kCsr16>("csr16_linear_grad_values", dy, x, values, row_offsets,
+                                                       columns);
+}
+
 }  // namespace
 }  // namespace lqk
 
@@ -444,4 +670,8 @@ at::Tensor csr16_linear_cpu(const at::Tensor& x, const at::Tensor& values, const
 TORCH_LIBRARY_IMPL(lqkernels, CPU, m) {
   m.impl("bitmap_linear", &lqk::bitmap_linear_cpu);  // y = x·Wᵀ + b, W as bitmap + packed values
   m.impl("csr16_linear", &lqk::csr16_linear_cpu);    // y = x·Wᵀ + b, W as 16-bit columns + values
+  m.impl("bitmap_linear_grad_input", &lqk::bitmap_linear_grad_input_cpu);    // dy · (W ∘ mask)
+  m.impl("csr16_linear_grad_input", &lqk::csr16_linear_grad_input_cpu);      // dy · (W ∘ mask)
+  m.impl("bitmap_linear_grad_values", &lqk::bitmap_linear_grad_values_cpu);  // dyᵀ · x at the kept entries
+  m.impl("csr16_linear_grad_values", &lqk::csr16_linear_grad_values_cpu);    // dyᵀ · x at the kept entries
 }
