@@ -18,8 +18,9 @@ prune.remove, state_dict checkpoints and lqkernels.sparsify_ work as usual, and 
 weight_orig multiplied by the mask (pruned weights receive zero gradient; a retrained pruned weight
 stays zero in `weight`). Every round ranks survivors only and multiplies into the existing mask:
 a pruned weight never comes back. A step writes the new `weight_mask` and `weight` into the old
-ones' memory when nothing else sees them (no other name, view, alias or autograd graph), and
-allocates new ones, as torch.nn.utils.prune does, when something does.
+ones' memory when nothing else sees them (no other name, view, alias or autograd graph, no other
+process through shared memory), and allocates new ones, as torch.nn.utils.prune does, when
+something does.
 
 Decisions run through lqkernels.ops with no Python loop over rows: neuron scope = one masked
 `lq_powsum(dim=1)` and one `topk_mask` with a per-row k over each weight viewed as (out, -1)
@@ -159,12 +160,14 @@ class _Snapshot:
 
 
 def _owners(container: dict, key: str) -> tuple[int, int, int] | None:
-    """Who holds container[key], a plain tensor: (Python references, owners of its TensorImpl,
-    owners of its memory), counted from here; None for anything else. Equal to _SOLE_OWNER only when
-    the container alone sees the tensor: another Python name, an autograd graph that saved it, a
-    view, .data, detach() or numpy alias each add one."""
+    """Who holds container[key], a plain tensor in this process's own memory: (Python references,
+    owners of its TensorImpl, owners of its memory), counted from here; None for anything else
+    (shared memory, which other processes see, is: CUDA tensors count as shared). Equal to
+    _SOLE_OWNER only when the container alone sees the tensor: another Python name, an autograd
+    graph that saved it, a view, .data, detach() or numpy alias each add one (the counts
+    torch.utils.swap_tensors checks too)."""
     t = container.get(key)
-    if type(t) is not torch.Tensor or t.is_inference():
+    if type(t) is not torch.Tensor or t.is_inference() or t.is_shared():
         return None
     return sys.getrefcount(t), t._use_count(), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 

@@ -397,6 +397,16 @@ def test_step_never_writes_into_what_the_user_holds(hold):
     assert after[1][0] != before[1][0] and after[1][1] != before[1][1]
 
 
+def test_step_allocates_for_shared_memory():
+    # Other processes see a shared tensor (share_memory(), every CUDA tensor): never written.
+    model = heavy_tailed_(make_mlp())
+    prune.sap(model)
+    model.share_memory()
+    before = pointers(model)
+    prune.sap(model)
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(pointers(model), before))
+
+
 def test_step_keeps_a_live_graph_valid():
     # A loss computed before the step saved the old weight: its backward still works, with the
     # gradients of the old mask.
