@@ -462,6 +462,9 @@ SPARSE_INDEX_TENSORS = {"bitmap": 1, "csr16": 1, "bsr": 2}
 def register_sparse_linear_autograd(op: str, fmt: str) -> None:
     """Registers the shared backward for `op` (a kernel-level or Triton op of format `fmt`)."""
     n_index = SPARSE_INDEX_TENSORS[fmt]
+    kernels = fmt in _SPARSE_GRAD_CHECKS  # bitmap, csr16: their backward ops
+    grad_input = getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_input") if kernels else None
+    grad_values = getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_values") if kernels else None
 
     def setup_context(ctx, inputs, output):
         x, values, offsets, *index = inputs[:3 + n_index]
@@ -471,13 +474,12 @@ def register_sparse_linear_autograd(op: str, fmt: str) -> None:
     def backward(ctx, dy):
         x, values, offsets, *index = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
-        kernels = fmt in _SPARSE_GRAD_CHECKS
         if ctx.needs_input_grad[0]:
-            grads[0] = (getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_input")(dy, values, offsets, index[0], x.shape[1])
-                        if kernels else dy @ _sparse_to_dense(fmt, values, offsets, index, dy.shape[1], x.shape[1]))
+            grads[0] = (grad_input(dy, values, offsets, index[0], x.shape[1]) if kernels
+                        else dy @ _sparse_to_dense(fmt, values, offsets, index, dy.shape[1], x.shape[1]))
         if ctx.needs_input_grad[1]:
-            grads[1] = (getattr(torch.ops.lqkernels, f"{fmt}_linear_grad_values")(dy, x, values, offsets, index[0])
-                        if kernels else _dense_grad_to_kept(fmt, dy.t() @ x, values, offsets, index))
+            grads[1] = (grad_values(dy, x, values, offsets, index[0]) if kernels
+                        else _dense_grad_to_kept(fmt, dy.t() @ x, values, offsets, index))
         if ctx.needs_input_grad[3 + n_index]:
             grads[3 + n_index] = dy.sum(0)
         return tuple(grads)
