@@ -13,8 +13,18 @@ NATIVE_SOURCES := CMakeLists.txt setup.py pyproject.toml $(shell find csrc -type
 demo: $(VENV)/.built
 	$(PY) -m lqkernels.demo
 
+# The suite runs the CPU kernels of the best instruction set this machine has; the kernel tests then
+# run again under every lower one it runs (LQK_CPU_CAPABILITY), so no dispatched path goes untested.
+KERNEL_TESTS := tests/test_measures.py tests/test_measure_properties.py tests/test_selection.py \
+	tests/test_sparse_linear.py tests/test_op_registration.py tests/test_cpu_dispatch.py
+LOWER_CAPABILITIES = $(shell $(PY) -c "import lqkernels._C as c; print(' '.join(c.cpu_capabilities().split(',')[:-1]))")
+
 test: $(VENV)/.built
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q
+	for capability in $(LOWER_CAPABILITIES); do \
+	  echo "kernel tests with LQK_CPU_CAPABILITY=$$capability"; \
+	  LQK_CPU_CAPABILITY=$$capability $(PY) -m pytest $(KERNEL_TESTS) -q -k "not triton" || exit 1; \
+	done
 
 bench: $(VENV)/.built
 	mkdir -p out

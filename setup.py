@@ -3,7 +3,8 @@
     pip install --no-build-isolation -e .
 
 Environment: CUDA_HOME (toolkit root; default: found from nvcc on PATH), TORCH_CUDA_ARCH_LIST
-(default "9.0a"), LQK_NO_CUDA=1 (CPU kernels only), LQK_CPU_ARCH (-march value, default native),
+(default "9.0a"), LQK_NO_CUDA=1 (CPU kernels only), LQK_CPU_ARCH (-march of the baseline, default
+x86-64-v2 on x86-64; the CPU kernels are also built for AVX2 and AVX-512 and chosen at import),
 MAX_JOBS (parallel compile jobs).
 """
 import fcntl

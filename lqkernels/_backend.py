@@ -47,6 +47,33 @@ if native is None:
     warnings.warn(f"lqkernels: native kernels unavailable ({native_error}); using the PyTorch reference",
                   stacklevel=2)
 
+# The C++ CPU kernels are built for several instruction sets; the module runs the best one the
+# CPU supports unless LQK_CPU_CAPABILITY names a lower one (to test or measure the other paths).
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+def cpu_capability() -> str | None:
+    """The instruction set the C++ CPU kernels run with ("default", "avx2" or "avx512"); None
+    without the native module."""
+    return native.cpu_capability() if native is not None else None
+
+
+def set_cpu_capability(name: str) -> None:
+    """Runs the C++ CPU kernels built for `name` from now on. ValueError if `name` is not one of
+    CPU_CAPABILITIES, was not built (only "default" off x86-64) or this CPU lacks it."""
+    if native is None:
+        raise RuntimeError(f"set_cpu_capability: lqkernels._C did not load: {native_error}")
+    if name not in CPU_CAPABILITIES:
+        raise ValueError(f"set_cpu_capability: unknown capability {name!r}; choose one of {CPU_CAPABILITIES}")
+    native.set_cpu_capability(name)
+
+
+if native is not None and os.environ.get("LQK_CPU_CAPABILITY"):
+    try:
+        set_cpu_capability(os.environ["LQK_CPU_CAPABILITY"])
+    except ValueError as err:
+        raise ImportError(f"LQK_CPU_CAPABILITY={os.environ['LQK_CPU_CAPABILITY']}: {err}") from None
+
 
 def _load_triton() -> dict:
     """Imports every Triton family (registering its ops); returns the import errors by family."""

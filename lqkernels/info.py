@@ -20,14 +20,31 @@ PUBLIC_OPS = {
 
 
 def native_built() -> dict:
-    """What lqkernels._C was built with: {'loaded', 'with_cuda', 'cuda_archs', 'error'}."""
+    """What lqkernels._C was built with and runs: {'loaded', 'with_cuda', 'cuda_archs', 'cpu_arch'
+    (the baseline -march), 'cpu_capability' (the instruction set the CPU kernels run with),
+    'cpu_capabilities' (those built that this CPU supports), 'error'}."""
     native = _backend.native
     return {
         "loaded": native is not None,
         "with_cuda": bool(native and native.with_cuda),
         "cuda_archs": native.cuda_archs if native else "",
+        "cpu_arch": native.cpu_arch if native else "",
+        "cpu_capability": _backend.cpu_capability(),
+        "cpu_capabilities": native.cpu_capabilities().split(",") if native else [],
         "error": None if native else str(_backend.native_error),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def report() -> str:
@@ -43,6 +60,9 @@ def report() -> str:
         f"triton {triton_version}",
         f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
         f"_C loaded: {built['loaded']}" + (f" ({built['error']})" if built["error"] else ""),
+        f"CPU: {cpu_model()}; kernels run with {built['cpu_capability']} (supported here: "
+        f"{', '.join(built['cpu_capabilities']) or '-'}; baseline {built['cpu_arch'] or 'compiler default'}; "
+        f"LQK_CPU_CAPABILITY to lower), {torch.get_num_threads()} threads",
         f"CUDA kernels built: {built['with_cuda']}" + (f" (archs {built['cuda_archs']})" if built["with_cuda"] else ""),
         "",
         f"{'op':<18}{'auto on cpu':<14}{'auto on cuda':<14}available backends (cpu / cuda)",

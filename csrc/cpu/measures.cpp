@@ -13,9 +13,10 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "measures_common.h"
 
-namespace lqk {
+namespace lqk::CPU_CAPABILITY {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
@@ -296,7 +297,9 @@ void check_rows(const at::Tensor& x, const std::optional<at::Tensor>& mask, cons
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum(
     const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in, at::ArrayRef<double> qs_in) {
   check_rows(x_in, mask_in, "row_powsum");
   TORCH_CHECK(qs_in.size() <= static_cast<size_t>(kMaxExponents),
@@ -354,6 +357,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum_cpu(
   });
   return {sums, count, scale};
 }
+
+namespace {
 
 // Gini index of magnitudes sorted ascending, c_1..c_d: 1 - 2 sum_k (c_k / ||c||_1) (d - k + 1/2) / d,
 // summed in double; 0 for an empty or all-zero slice.
@@ -461,9 +466,11 @@ void row_gini_kernel(const scalar_t* xp, const bool* mp, int64_t rows, int64_t n
   });
 }
 
+}  // namespace
+
 // Gini index of each row's survivors (Hurley & Rickard): sort |x| ascending as c_1..c_d, then
 // 1 - 2 sum_k (c_k / ||c||_1) (d - k + 1/2) / d, summed in double.
-at::Tensor row_gini_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in) {
+at::Tensor row_gini(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in) {
   check_rows(x_in, mask_in, "row_gini");
   const at::Tensor x = x_in.contiguous();
   const std::optional<at::Tensor> mask =
@@ -478,11 +485,4 @@ at::Tensor row_gini_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>&
   return out;
 }
 
-}  // namespace
-}  // namespace lqk
-
-// CPU kernels of the schemas defined in lqkernels/_ops.py.
-TORCH_LIBRARY_IMPL(lqkernels, CPU, m) {
-  m.impl("row_powsum", &lqk::row_powsum_cpu);  // per-row (scale, sum (|x|/scale)^q, survivors)
-  m.impl("row_gini", &lqk::row_gini_cpu);      // per-row Gini index of the survivors
-}
+}  // namespace lqk::CPU_CAPABILITY

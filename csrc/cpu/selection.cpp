@@ -18,10 +18,11 @@
 #define LQK_SELECT_AVX512 1
 #endif
 
+#include "cpu/kernels.h"
 #include "selection_checks.h"
 #include "selection_common.h"
 
-namespace lqk {
+namespace lqk::CPU_CAPABILITY {
 namespace {
 
 template <typename scalar_t>
@@ -292,9 +293,11 @@ int8_t select_row(const scalar_t* __restrict x, const bool* __restrict mask, int
   return 0;
 }
 
-std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, const at::Tensor& k_in,
-                                                     const std::optional<at::Tensor>& mask_in,
-                                                     bool magnitude, bool largest) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> row_topk_mask(const at::Tensor& x_in, const at::Tensor& k_in,
+                                                 const std::optional<at::Tensor>& mask_in,
+                                                 bool magnitude, bool largest) {
   const auto [x, k, mask] = row_topk_inputs(x_in, k_in, mask_in);
   const int64_t rows = x.size(0), n = x.size(1);
   at::Tensor out = at::empty({rows, n}, x.options().dtype(at::kBool));
@@ -327,6 +330,8 @@ std::tuple<at::Tensor, at::Tensor> row_topk_mask_cpu(const at::Tensor& x_in, con
   }
   return {out, threshold};
 }
+
+namespace {
 
 // ---- global selection over many tensors ---------------------------------------------------------
 
@@ -428,9 +433,11 @@ void global_select(const std::vector<const scalar_t*>& x_data, const std::vector
   });
 }
 
-std::vector<at::Tensor> global_topk_masks_cpu(at::TensorList xs_in,
-                                              const std::optional<at::TensorList>& masks_in,
-                                              int64_t k, bool magnitude, bool largest) {
+}  // namespace
+
+std::vector<at::Tensor> global_topk_masks(at::TensorList xs_in,
+                                          const std::optional<at::TensorList>& masks_in,
+                                          int64_t k, bool magnitude, bool largest) {
   check_global_topk_args(xs_in, masks_in);
   std::vector<at::Tensor> xs, masks;
   std::vector<Span> spans;
@@ -461,11 +468,4 @@ std::vector<at::Tensor> global_topk_masks_cpu(at::TensorList xs_in,
   return outs;
 }
 
-}  // namespace
-}  // namespace lqk
-
-// CPU kernels of the schemas defined in lqkernels/_ops.py.
-TORCH_LIBRARY_IMPL(lqkernels, CPU, m) {
-  m.impl("row_topk_mask", &lqk::row_topk_mask_cpu);          // per-row top-k mask, k per row
-  m.impl("global_topk_masks", &lqk::global_topk_masks_cpu);  // exact top-k over many tensors
-}
+}  // namespace lqk::CPU_CAPABILITY

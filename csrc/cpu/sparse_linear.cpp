@@ -31,9 +31,10 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "sparse_linear_checks.h"
 
-namespace lqk {
+namespace lqk::CPU_CAPABILITY {
 namespace {
 
 using Format = SparseFormat;
@@ -629,49 +630,40 @@ at::Tensor sparse_linear_grad_values_cpu(const char* op, const at::Tensor& dy_in
   return gv;
 }
 
-at::Tensor bitmap_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
-                             const at::Tensor& bitmap, const std::optional<at::Tensor>& bias) {
+}  // namespace
+
+at::Tensor bitmap_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
+                         const at::Tensor& bitmap, const std::optional<at::Tensor>& bias) {
   return sparse_linear_cpu<Format::kBitmap>("bitmap_linear", x, values, row_offsets, bitmap, bias);
 }
 
-at::Tensor csr16_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
-                            const at::Tensor& columns, const std::optional<at::Tensor>& bias) {
+at::Tensor csr16_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_offsets,
+                        const at::Tensor& columns, const std::optional<at::Tensor>& bias) {
   return sparse_linear_cpu<Format::kCsr16>("csr16_linear", x, values, row_offsets, columns, bias);
 }
 
-at::Tensor bitmap_linear_grad_input_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
-                                        const at::Tensor& bitmap, int64_t in_features) {
+at::Tensor bitmap_linear_grad_input(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
+                                    const at::Tensor& bitmap, int64_t in_features) {
   return sparse_linear_grad_input_cpu<Format::kBitmap>("bitmap_linear_grad_input", dy, values, row_offsets, bitmap,
                                                        in_features);
 }
 
-at::Tensor csr16_linear_grad_input_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
-                                       const at::Tensor& columns, int64_t in_features) {
+at::Tensor csr16_linear_grad_input(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& row_offsets,
+                                   const at::Tensor& columns, int64_t in_features) {
   return sparse_linear_grad_input_cpu<Format::kCsr16>("csr16_linear_grad_input", dy, values, row_offsets, columns,
                                                       in_features);
 }
 
-at::Tensor bitmap_linear_grad_values_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
-                                         const at::Tensor& row_offsets, const at::Tensor& bitmap) {
+at::Tensor bitmap_linear_grad_values(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
+                                     const at::Tensor& row_offsets, const at::Tensor& bitmap) {
   return sparse_linear_grad_values_cpu<Format::kBitmap>("bitmap_linear_grad_values", dy, x, values, row_offsets,
                                                         bitmap);
 }
 
-at::Tensor csr16_linear_grad_values_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
-                                        const at::Tensor& row_offsets, const at::Tensor& columns) {
+at::Tensor csr16_linear_grad_values(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values,
+                                    const at::Tensor& row_offsets, const at::Tensor& columns) {
   return sparse_linear_grad_values_cpu<Format::kCsr16>("csr16_linear_grad_values", dy, x, values, row_offsets,
                                                        columns);
 }
 
-}  // namespace
-}  // namespace lqk
-
-// CPU kernels of the sparse-linear schemas defined in lqkernels/_ops.py.
-TORCH_LIBRARY_IMPL(lqkernels, CPU, m) {
-  m.impl("bitmap_linear", &lqk::bitmap_linear_cpu);  // y = x·Wᵀ + b, W as bitmap + packed values
-  m.impl("csr16_linear", &lqk::csr16_linear_cpu);    // y = x·Wᵀ + b, W as 16-bit columns + values
-  m.impl("bitmap_linear_grad_input", &lqk::bitmap_linear_grad_input_cpu);    // dy · (W ∘ mask)
-  m.impl("csr16_linear_grad_input", &lqk::csr16_linear_grad_input_cpu);      // dy · (W ∘ mask)
-  m.impl("bitmap_linear_grad_values", &lqk::bitmap_linear_grad_values_cpu);  // dyᵀ · x at the kept entries
-  m.impl("csr16_linear_grad_values", &lqk::csr16_linear_grad_values_cpu);    // dyᵀ · x at the kept entries
-}
+}  // namespace lqk::CPU_CAPABILITY
