@@ -13,12 +13,8 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#define LQK_SELECT_AVX512 1
-#endif
-
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 #include "selection_checks.h"
 #include "selection_common.h"
 
@@ -51,32 +47,28 @@ inline int digit_bits(int64_t count) { return count <= (int64_t(1) << 14) ? 8 : 
 // while uint8 lanes widen and add cleanly. torch's bool tensors hold 0 or 1 in each byte.
 inline const uint8_t* mask_bytes(const bool* mask) { return reinterpret_cast<const uint8_t*>(mask); }
 
-#if defined(LQK_SELECT_AVX512)
-// The mask bytes m[0..16) as a 16-lane predicate.
-inline __mmask16 mask16(const uint8_t* m) {
-  return _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)), _mm_set1_epi8(1));
-}
+#if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
+#define LQK_KEY_LANES 1
 #endif
 
-// The compactions below keep keys in order without a branch per key. With AVX-512 a 32-bit key
-// vector is compressed in a register and stored whole (the memory-form compress is microcoded on
-// some CPUs), so `dst` needs 16 keys of room past the kept ones; dst may be src (in place: each
-// store lands at or before the keys it came from, all already loaded).
+// The compactions below keep keys in order without a branch per key. With vector lanes a 32-bit
+// key vector is compacted in a register and stored whole (KeyLanes::compress_store), so `dst` needs
+// 16 keys of room past the kept ones; dst may be src (in place: each store lands at or before the
+// keys it came from, all already loaded).
 
 // dst = src[i] where ((src[i] >> shift) & low) == digit; returns how many.
 template <typename Key>
 int64_t keep_digit(const Key* src, int64_t n, int shift, Key low, Key digit, Key* dst) {
   int64_t kept = 0, i = 0;
-#if defined(LQK_SELECT_AVX512)
+#if defined(LQK_KEY_LANES)
   if constexpr (sizeof(Key) == 4) {
-    const __m128i count = _mm_cvtsi32_si128(shift);
-    const __m512i lows = _mm512_set1_epi32(static_cast<int>(low));
-    const __m512i want = _mm512_set1_epi32(static_cast<int>(digit));
-    for (; i + 16 <= n; i += 16) {
-      const __m512i v = _mm512_loadu_si512(src + i);
-      const __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_srl_epi32(v, count), lows), want);
-      _mm512_storeu_si512(dst + kept, _mm512_maskz_compress_epi32(hit, v));
-      kept += std::popcount(static_cast<unsigned>(hit));
+    using L = KeyLanes;
+    const L::Vec lows = L::splat(low), want = L::splat(digit);
+    for (; i + L::kWidth <= n; i += L::kWidth) {
+      const L::Vec v = L::load(src + i);
+      const L::Mask hit = L::digit_equal(v, shift, lows, want);
+      L::compress_store(dst + kept, hit, v);
+      kept += std::popcount(L::bits(hit));
     }
   }
 #endif
@@ -93,12 +85,13 @@ template <typename Key>
 int64_t keep_masked(const Key* keys, const bool* mask, int64_t n, Key* dst) {
   const uint8_t* m = mask_bytes(mask);
   int64_t kept = 0, i = 0;
-#if defined(LQK_SELECT_AVX512)
+#if defined(LQK_KEY_LANES)
   if constexpr (sizeof(Key) == 4) {
-    for (; i + 16 <= n; i += 16) {
-      const __mmask16 hit = mask16(m + i);
-      _mm512_storeu_si512(dst + kept, _mm512_maskz_compress_epi32(hit, _mm512_loadu_si512(keys + i)));
-      kept += std::popcount(static_cast<unsigned>(hit));
+    using L = KeyLanes;
+    for (; i + L::kWidth <= n; i += L::kWidth) {
+      const L::Mask hit = L::from_bytes(m + i);
+      L::compress_store(dst + kept, hit, L::load(keys + i));
+      kept += std::popcount(L::bits(hit));
     }
   }
 #endif
@@ -209,14 +202,14 @@ int64_t mark_above(const Key* __restrict keys, const bool* __restrict mask, int6
 template <typename Key>
 void mark_ties(const Key* keys, const bool* mask, int64_t n, Key kth, int64_t take, bool* out) {
   int64_t i = 0;
-#if defined(LQK_SELECT_AVX512)
-  if constexpr (sizeof(Key) == 4) {  // 16 keys a compare: the boundary is often far into the row
-    const __m512i boundary = _mm512_set1_epi32(static_cast<int>(kth));
-    for (; i + 16 <= n && take > 0; i += 16) {
-      __mmask16 hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(keys + i), boundary);
-      if (mask) hit &= mask16(mask_bytes(mask) + i);
-      for (; hit && take > 0; hit &= hit - 1, --take)
-        out[i + std::countr_zero(static_cast<unsigned>(hit))] = true;
+#if defined(LQK_KEY_LANES)
+  if constexpr (sizeof(Key) == 4) {  // a vector of keys a compare: the boundary is often far into the row
+    using L = KeyLanes;
+    const L::Vec boundary = L::splat(kth);
+    for (; i + L::kWidth <= n && take > 0; i += L::kWidth) {
+      unsigned hit = L::bits(L::equal(L::load(keys + i), boundary));
+      if (mask) hit &= L::bits(L::from_bytes(mask_bytes(mask) + i));
+      for (; hit && take > 0; hit &= hit - 1, --take) out[i + std::countr_zero(hit)] = true;
     }
   }
 #endif

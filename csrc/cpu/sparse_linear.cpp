@@ -19,10 +19,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <bit>
 #include <cstdint>
@@ -32,6 +28,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 #include "sparse_linear_checks.h"
 
 namespace lqk::CPU_CAPABILITY {
@@ -40,16 +37,22 @@ namespace {
 using Format = SparseFormat;
 
 // Whether the value-walking kernel beats the transposed tiles for m_rows rows of x, per row of W
-// in vector operations. Bitmap: 2 expand-loads and 2·R FMAs per 32-bit word, whatever the
-// density (R = m_rows padded to 1, 2, 4 or 8), on L1-resident x; tiles: one FMA per kept value
-// on randomly addressed xt (counted twice) plus ~40 of bookkeeping. csr16: a gather per x row per
-// 16 values beats the tiles for one row only (at 90% sparsity, 2 rows: 0.61 ms by gathers, 0.44 ms
-// by tiles).
+// in vector operations. Bitmap: per group of kWidth columns, the expansion of its packed values
+// (FloatLanes::kExpandCost) and R FMAs, whatever the density (R = m_rows padded to 1, 2, 4 or 8),
+// on L1-resident x; tiles: 16 / kWidth FMAs per kept value on randomly addressed xt (counted
+// twice) plus ~40 of bookkeeping. csr16: a gather per x row per kWidth values beats the tiles for
+// one row only (AVX-512, 90% sparsity, 2 rows: 0.61 ms by gathers, 0.44 ms by tiles). Without
+// vector lanes: the scalar walk for one row (it does per kept value what a tile does per lane).
 bool values_kernel_wins(Format fmt, int64_t m_rows, int64_t words, int64_t row_nnz) {
-  if (fmt == Format::kCsr16) return m_rows == 1;
+  if (fmt == Format::kCsr16 || !kHaveLanes) return m_rows == 1;
+#if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
   if (m_rows > 8) return false;
+  constexpr int64_t groups = 32 / FloatLanes::kWidth, tile_fmas = 16 / FloatLanes::kWidth;
   const int64_t padded = m_rows <= 2 ? m_rows : (m_rows <= 4 ? 4 : 8);
-  return 2 * words * (1 + padded) <= 2 * row_nnz + 40;
+  return words * groups * (FloatLanes::kExpandCost + padded) <= 2 * tile_fmas * row_nnz + 40;
+#else
+  return false;
+#endif
 }
 
 template <typename T> using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -67,12 +70,18 @@ void check_offsets(const char* op, const int64_t* offsets, int64_t out, int64_t 
 // Whether c[0] < c[1] < ... < c[n - 1].
 inline bool strictly_ascending(const uint16_t* c, int64_t n) {
   int64_t k = 1;
-#if defined(__AVX512BW__)
+#if defined(LQK_LANES_AVX512)
   for (; k < n; k += 32) {
     const __mmask32 lanes = n - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - k)) - 1;
     const __m512i cur = _mm512_maskz_loadu_epi16(lanes, c + k);
     const __m512i prev = _mm512_maskz_loadu_epi16(lanes, c + k - 1);
     if (_mm512_mask_cmple_epu16_mask(lanes, cur, prev)) return false;
+  }
+#elif defined(LQK_LANES_AVX2)
+  for (; k + 16 <= n; k += 16) {  // cur <= prev (unsigned) where max(cur, prev) == prev
+    const __m256i cur = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + k));
+    const __m256i prev = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + k - 1));
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(cur, prev), prev))) return false;
   }
 #endif
   for (; k < n; ++k)
@@ -140,15 +149,10 @@ std::vector<int64_t> balanced_splits(const int64_t* offsets, int64_t out, int64_
   return bounds;
 }
 
-inline float to_float(float v) { return v; }
-inline float to_float(c10::Half v) { return static_cast<float>(v); }
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
-inline double to_float(double v) { return v; }
-
 // Column numbers of one bitmap row's kept values, ascending, into cols (room for 16 past the end).
 inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t* cols) {
   int64_t n = 0;
-#if defined(__AVX512F__)
+#if defined(LQK_LANES_AVX512)
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t w = 0; w < nwords; ++w) {
     const uint32_t word = words[w];
@@ -159,6 +163,15 @@ inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t
     _mm512_storeu_si512(cols + n, _mm512_maskz_compress_epi32(static_cast<__mmask16>(word >> 16), hi));
     n += std::popcount(word >> 16);
   }
+#elif defined(LQK_LANES_AVX2)
+  for (int64_t w = 0; w < nwords; ++w) {
+    for (int part = 0; part < 4; ++part) {  // a byte of the word: 8 columns
+      const unsigned byte = (words[w] >> (8 * part)) & 0xffu;
+      const __m256i first = _mm256_set1_epi32(static_cast<int32_t>(32 * w + 8 * part));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + n), _mm256_add_epi32(lane_indices(kCompress8[byte]), first));
+      n += std::popcount(byte);
+    }
+  }
 #else
   for (int64_t w = 0; w < nwords; ++w)
     for (uint32_t word = words[w]; word; word &= word - 1)
@@ -168,34 +181,43 @@ inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t
 }
 
 // acc[l] += sum_k vals[k] * xt[cols[k] * T + l] for the T lanes of one transposed x tile.
-// Four independent accumulator sets hide the 4-cycle FMA latency; they are separate 1-d arrays
-// with constant indices so that GCC keeps them in registers (a 2-d array was spilled to the stack,
-// adding a store-to-load round trip to every FMA).
+// Independent accumulator sets hide the 4-cycle FMA latency (four, or fewer where a set takes more
+// than a quarter of the vector registers: AVX2 has 16); they are separate 1-d arrays with constant
+// indices so that GCC keeps them in registers (a 2-d array was spilled to the stack, adding a
+// store-to-load round trip to every FMA).
 template <int T, typename scalar_t, typename col_t, typename acc_t>
 void row_times_tile(const acc_t* xt, const col_t* cols, const scalar_t* vals, int64_t n, acc_t* acc_io) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    constexpr int V = T / 16;
-    __m512 a0[V], a1[V], a2[V], a3[V];
+#if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
+  if constexpr (std::is_same_v<acc_t, float> && T % FloatLanes::kWidth == 0) {
+    using L = FloatLanes;
+    constexpr int V = T / L::kWidth;
+    constexpr int sets = std::clamp(L::kRegisters / 2 / V, 1, 4);
+    typename L::Vec a0[V], a1[V], a2[V], a3[V];
     for (int v = 0; v < V; ++v) {
-      a0[v] = _mm512_loadu_ps(acc_io + 16 * v);
-      a1[v] = a2[v] = a3[v] = _mm512_setzero_ps();
+      a0[v] = L::load(acc_io + L::kWidth * v);
+      a1[v] = a2[v] = a3[v] = L::zero();
     }
-    const auto step = [&](__m512 (&a)[V], int64_t k) __attribute__((always_inline)) {
-      const __m512 w = _mm512_set1_ps(to_float(vals[k]));
+    const auto step = [&](typename L::Vec (&a)[V], int64_t k) __attribute__((always_inline)) {
+      const typename L::Vec w = L::splat(to_float(vals[k]));
       const float* xp = xt + static_cast<int64_t>(cols[k]) * T;
-      for (int v = 0; v < V; ++v) a[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp + 16 * v), a[v]);
+      for (int v = 0; v < V; ++v) a[v] = L::fmadd(w, L::load(xp + L::kWidth * v), a[v]);
     };
     int64_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-      step(a0, k);
-      step(a1, k + 1);
-      step(a2, k + 2);
-      step(a3, k + 3);
+    if constexpr (sets == 4) {
+      for (; k + 4 <= n; k += 4) {
+        step(a0, k);
+        step(a1, k + 1);
+        step(a2, k + 2);
+        step(a3, k + 3);
+      }
+    } else if constexpr (sets >= 2) {
+      for (; k + 2 <= n; k += 2) {
+        step(a0, k);
+        step(a1, k + 1);
+      }
     }
     for (; k < n; ++k) step(a0, k);
-    for (int v = 0; v < V; ++v)
-      _mm512_storeu_ps(acc_io + 16 * v, _mm512_add_ps(_mm512_add_ps(a0[v], a1[v]), _mm512_add_ps(a2[v], a3[v])));
+    for (int v = 0; v < V; ++v) L::store(acc_io + L::kWidth * v, L::add(L::add(a0[v], a1[v]), L::add(a2[v], a3[v])));
     return;
   }
 #endif
@@ -422,86 +444,79 @@ void grad_input_by_tiles(const char* op, const scalar_t* dy, int64_t m_rows, int
   });
 }
 
-#if defined(__AVX512F__)
+// One stream per row of W defeats the hardware prefetcher's latency hiding: the value-walking
+// kernels ask 2 KB ahead (halved the time at 50% density with AVX-512).
 constexpr int kPrefetchBytes = 2048;
-
-// 16 values into float lanes: packed ones expanded to the set bits of `keep` (bitmap), or the
-// first popcount(keep) consecutive ones (csr16 tails).
-template <bool expand, typename scalar_t>
-inline __m512 load_values(const scalar_t* p, __mmask16 keep) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return expand ? _mm512_maskz_expandloadu_ps(keep, p) : _mm512_maskz_loadu_ps(keep, p);
-  } else {
-    // 16-bit values: expand-loads of 16-bit lanes need AVX512-VBMI2 (checked by the caller).
-#if defined(__AVX512VBMI2__)
-    const __m256i h = expand ? _mm256_maskz_expandloadu_epi16(keep, p) : _mm256_maskz_loadu_epi16(keep, p);
-#else
-    static_assert(!expand, "expand-loads of 16-bit values need AVX512-VBMI2");
-    const __m256i h = _mm256_maskz_loadu_epi16(keep, p);
-#endif
-    if constexpr (std::is_same_v<scalar_t, c10::Half>) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-}
-
-template <typename scalar_t>
-constexpr bool has_vector_kernels() {
-#if defined(__AVX512VBMI2__)
-  return !std::is_same_v<scalar_t, double>;
-#else
-  return std::is_same_v<scalar_t, float>;
-#endif
-}
+inline void prefetch(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes, 0, 3); }
 
 // Dot products of rows [r0, r1) of W with R rows of xf (float, rows padded to a multiple of 32
-// columns with zeros), the first `valid` written to y[i * out + r].
+// columns with zeros), the first `valid` written to y[i * out + r]. With vector lanes: a bitmap
+// word's values are expanded into the lanes of their columns, kWidth at a time, and multiply the
+// x lanes in place; csr16 gathers x at kWidth kept columns. Without: the kept values one by one.
 template <int R, typename scalar_t, Format fmt>
 void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int64_t* offsets,
                     const void* index, const scalar_t* bias, int64_t nwords, int64_t r0, int64_t r1,
                     int64_t out, int64_t valid, scalar_t* y) {
+  const scalar_t* vals_end = vals + offsets[out];
   for (int64_t r = r0; r < r1; ++r) {
-    __m512 acc[2][R];
-    for (auto& a : acc) for (auto& v : a) v = _mm512_setzero_ps();
+    float sums[R];
+#if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
+    using L = FloatLanes;
+    typename L::Vec acc[2][R];  // two sets: consecutive groups do not wait on each other's FMAs
+    for (auto& a : acc) for (auto& v : a) v = L::zero();
     const scalar_t* v = vals + offsets[r];
     if constexpr (fmt == Format::kBitmap) {
       const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
       for (int64_t w = 0; w < nwords; ++w) {
-        const uint32_t word = words[w];
-        // One stream per row defeats the hardware prefetcher's latency hiding: ask 2 KB ahead
-        // (halves the time at 50% density on the development machine).
-        _mm_prefetch(reinterpret_cast<const char*>(v) + kPrefetchBytes, _MM_HINT_T0);
-        const __mmask16 lo = static_cast<__mmask16>(word), hi = static_cast<__mmask16>(word >> 16);
-        const __m512 v0 = load_values<true>(v, lo);
-        v += std::popcount(word & 0xffffu);
-        const __m512 v1 = load_values<true>(v, hi);
-        v += std::popcount(word >> 16);
-        for (int i = 0; i < R; ++i) {
-          acc[0][i] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xf + i * ld + 32 * w), acc[0][i]);
-          acc[1][i] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xf + i * ld + 32 * w + 16), acc[1][i]);
+        prefetch(v);
+        for (int g = 0; g < 32 / L::kWidth; ++g) {
+          const auto keep = static_cast<typename L::Mask>((words[w] >> (g * L::kWidth)) & ((1ull << L::kWidth) - 1));
+          const typename L::Vec values = L::expand(v, keep, vals_end);
+          v += std::popcount(static_cast<unsigned>(keep));
+          for (int i = 0; i < R; ++i)
+            acc[g & 1][i] = L::fmadd(values, L::load(xf + i * ld + 32 * w + g * L::kWidth), acc[g & 1][i]);
         }
       }
     } else {
       const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
       const int64_t n = offsets[r + 1] - offsets[r];
-      for (int64_t k = 0; k < n; k += 16) {
-        _mm_prefetch(reinterpret_cast<const char*>(v + k) + kPrefetchBytes, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(cols + k) + kPrefetchBytes, _MM_HINT_T0);
-        const __mmask16 keep = n - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - k)) - 1);
-        const __m512i c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(keep, cols + k));
-        const __m512 w = load_values<false>(v + k, keep);
-        const int half = (k / 16) & 1;  // alternate accumulators: two gathers in flight per row
-        for (int i = 0; i < R; ++i)
-          acc[half][i] = _mm512_fmadd_ps(
-              w, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), keep, c, xf + i * ld, 4), acc[half][i]);
+      for (int64_t k = 0; k < n; k += L::kWidth) {
+        prefetch(v + k);
+        prefetch(cols + k);
+        const int64_t lanes = std::min<int64_t>(L::kWidth, n - k);
+        const typename L::Vec w = L::load_first(v + k, lanes, vals_end);
+        const int half = (k / L::kWidth) & 1;  // alternate accumulators: two gathers in flight per row
+        for (int i = 0; i < R; ++i) acc[half][i] = L::fmadd(w, L::gather(xf + i * ld, cols + k, lanes), acc[half][i]);
       }
     }
+    for (int i = 0; i < R; ++i) sums[i] = L::sum(L::add(acc[0][i], acc[1][i]));
+#else
+    (void)vals_end;
+    float acc[4][R] = {};  // four partial sums per x row: consecutive values do not wait on each other
+    const scalar_t* v = vals + offsets[r];
+    int64_t k = 0;
+    const auto step = [&](int64_t col) __attribute__((always_inline)) {
+      const float w = to_float(v[k]);
+      for (int i = 0; i < R; ++i) acc[k & 3][i] += w * xf[i * ld + col];
+      ++k;
+    };
+    if constexpr (fmt == Format::kBitmap) {
+      const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
+      for (int64_t w = 0; w < nwords; ++w)
+        for (uint32_t word = words[w]; word; word &= word - 1) step(32 * w + std::countr_zero(word));
+    } else {
+      const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
+      const int64_t n = offsets[r + 1] - offsets[r];
+      while (k < n) step(cols[k]);
+    }
+    for (int i = 0; i < R; ++i) sums[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+#endif
     const float b = bias ? to_float(bias[r]) : 0.0f;
-    for (int i = 0; i < valid; ++i)
-      y[i * out + r] = static_cast<scalar_t>(_mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i])) + b);
+    for (int i = 0; i < valid; ++i) y[i * out + r] = static_cast<scalar_t>(sums[i] + b);
   }
 }
 
-// The value-walking strategy for M <= 8 (float, half, bfloat16 with AVX-512).
+// The value-walking strategy for M <= 8 (float, half and bfloat16 x: products in float).
 template <typename scalar_t, Format fmt>
 void linear_by_values(const char* op, const scalar_t* x, int64_t m_rows, int64_t in, const scalar_t* vals,
                       const int64_t* offsets, const void* index, const scalar_t* bias, int64_t out,
@@ -530,7 +545,6 @@ void linear_by_values(const char* op, const scalar_t* x, int64_t m_rows, int64_t
     }
   });
 }
-#endif
 
 template <Format fmt>
 at::Tensor sparse_linear_cpu(const char* op, const at::Tensor& x_in, const at::Tensor& values_in,
@@ -556,14 +570,12 @@ at::Tensor sparse_linear_cpu(const char* op, const at::Tensor& x_in, const at::T
     const scalar_t* bp = bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     bool done = false;
-#if defined(__AVX512F__)
-    if constexpr (has_vector_kernels<scalar_t>()) {
+    if constexpr (!std::is_same_v<scalar_t, double>) {  // float products: not for float64
       if (values_kernel_wins(fmt, m_rows, nwords, out ? offs[out] / out : 0)) {
         linear_by_values<scalar_t, fmt>(op, xp, m_rows, in, vp, offs, index.const_data_ptr(), bp, out, yp);
         done = true;
       }
     }
-#endif
     if (!done)
       with_tile_width(m_rows, [&](auto t) {
         linear_by_tiles<decltype(t)::value, scalar_t, fmt>(op, xp, m_rows, in, vp, offs, index.const_data_ptr(), bp,
