@@ -6,6 +6,7 @@
 // a table indexed with the 8-bit lane mask (the permutation that packs, or unpacks, those lanes).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -190,16 +191,7 @@ struct FloatLanes {
   // 8 values lie before `end` (the end of the array), else through a buffer: no read past the end.
   template <typename scalar_t>
   static Vec load_first(const scalar_t* p, int64_t n, const scalar_t* end) {
-    Vec v;
-    if (end - p >= 8) {
-      v = load8(p);
-    } else {
-      alignas(32) scalar_t tail[8] = {};
-      std::memcpy(tail, p, static_cast<size_t>(end - p) * sizeof(scalar_t));
-      v = load8(tail);
-    }
-    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_and_ps(v, _mm256_castsi256_ps(lanes));
+    return _mm256_and_ps(widen<scalar_t>(load8_within(p, end)), _mm256_castsi256_ps(first(n)));
   }
   // The first popcount(keep) values at p in the lanes of `keep`, others 0: the packed values,
   // lanes past them zeroed, permuted by kExpand8 (which sends clear lanes to lane 7: zero unless
@@ -209,30 +201,36 @@ struct FloatLanes {
     const Vec packed = load_first(p, std::popcount(keep), end);
     return _mm256_permutevar8x32_ps(packed, lane_indices(kExpand8[keep]));
   }
-  // x[cols[j]] for the first n (<= 8) columns; the other lanes 0 (gathered from x[0], then masked).
+  // x[cols[j]] for the first n (<= 8) columns; the other lanes 0 (no load for them).
   static Vec gather(const float* x, const uint16_t* cols, int64_t n) {
-    __m128i c16;
-    if (n >= 8) {
-      c16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(cols));
-    } else {
-      alignas(16) uint16_t tail[8] = {};
-      std::memcpy(tail, cols, static_cast<size_t>(n) * sizeof(uint16_t));
-      c16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
-    }
-    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, _mm256_cvtepu16_epi32(c16), _mm256_castsi256_ps(lanes), 4);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(load8_within(cols, cols + n))),
+                                    _mm256_castsi256_ps(first(n)), 4);
   }
 
  private:
-  template <typename scalar_t>
-  static Vec load8(const scalar_t* p) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      return _mm256_loadu_ps(p);
-    } else {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      if constexpr (std::is_same_v<scalar_t, c10::Half>) return _mm256_cvtph_ps(h);
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  // All ones in the first n 32-bit lanes.
+  static __m256i first(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  // 8 elements at p, as they lie in memory (a float's 32 bytes, a 16-bit type's 16 in the low half),
+  // reading nothing at or past `end`: elements from there on are 0.
+  template <typename T>
+  static __m256i load8_within(const T* p, const T* end) {
+    alignas(32) T tail[8] = {};
+    const T* from = p;
+    if (end - p < 8) {
+      std::memcpy(tail, p, static_cast<size_t>(std::max<int64_t>(end - p, 0)) * sizeof(T));
+      from = tail;
     }
+    if constexpr (sizeof(T) == 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
+    else return _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from)));
+  }
+  // Float lanes of 8 loaded elements (float, or half / bfloat16 widened).
+  template <typename scalar_t>
+  static Vec widen(__m256i raw) {
+    if constexpr (std::is_same_v<scalar_t, float>) return _mm256_castsi256_ps(raw);
+    else if constexpr (std::is_same_v<scalar_t, c10::Half>) return _mm256_cvtph_ps(_mm256_castsi256_si128(raw));
+    else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
   }
 };
 #endif
