@@ -14,16 +14,22 @@ Storage formats (byte arithmetic per weight at density δ, dtype of s bytes; REA
               GPU).
     "dense"   W * mask itself (plus a bitmap for the gradient mask): where no sparse kernel is
               faster (low sparsity).
-    "auto"    picks one of these per layer from its density, the device type and the cost model
-              below (COST_MODEL), and, per call, computes densely when the batch is so large that
-              the dense product would be faster.
+    "auto"    picks one of these per layer, and, per call, computes densely where the dense product
+              would be faster. On the CPU both choices are measured on the layer itself
+              (calibrate=True, the default there: see "calibration" below), so that auto is never
+              slower than dense on the machine it runs on; elsewhere, and with calibrate=False,
+              they follow the cost model (COST_MODEL), fitted on other machines.
 Rows may have any density each; the kernels balance work by kept values, not by rows.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import math
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -209,6 +215,71 @@ def choose_format(density: float, device_type: str, batch: int = 1, weights: int
     return best if costs[best] < SPARSE_WORTH_IT else "dense"
 
 
+# ---- calibration: auto's choices measured on the machine that runs them ----------------------
+# A cost table fitted on one CPU cannot promise anything on another (vector width, caches and
+# memory differ: a table from AVX-512 machines picked a kernel 5x slower than dense on an AVX2
+# one). With calibrate=True an auto layer on the CPU times its candidates on its own weights:
+#  * when it is built: bitmap and csr16 against the dense product at batches 1 and 16 (random x);
+#    it stores the format with the least total time relative to dense, or "dense";
+#  * on the first call with a batch size in a new power-of-two range: its kernel against the dense
+#    product on that call's x; the slower one is not used for that range again.
+# Each measurement is CALIBRATION_ROUNDS interleaved calls of each candidate after a warm-up call,
+# compared by the median, and a sparse kernel must beat dense by the model's margin (SPARSE_WORTH_IT).
+# Results are shared by every layer of the same shape, dtype and density (to 1%) in the process,
+# and keyed by the CPU capability and thread count they were measured with. Under torch.compile the
+# measured decisions are used where they exist (timing cannot be traced), else the cost model.
+CALIBRATION_ROUNDS = 5
+CALIBRATION_BATCHES = (1, 16)  # the batch sizes a format is chosen for when a layer is built
+_calibrated: dict[tuple, object] = {}
+
+
+def _time_calls(calls: dict[str, Callable[[], object]], rounds: int = CALIBRATION_ROUNDS) -> dict[str, float]:
+    """Median seconds per call of each of `calls`, interleaved (one call of each per round, after
+    one warm-up call each): the machine's speed drifts, and blocks of one kernel would turn the
+    drift into a false ratio."""
+    times = {name: [] for name in calls}
+    with torch.no_grad():
+        for call in calls.values():
+            call()
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _calibration_key(*parts) -> tuple:
+    return (_backend.cpu_capability(), torch.get_num_threads(), *parts)
+
+
+def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
+                      packs: dict[str, dict[str, torch.Tensor]] | None = None) -> str:
+    """The format auto stores for W * mask on this CPU, measured (see "calibration"): "bitmap",
+    "csr16" or "dense". `packs` (optional) receives the packed tensors of the formats it built."""
+    out_features, in_features = weight.shape
+    density = mask.float().mean().item() if mask.numel() else 1.0
+    key = _calibration_key("format", weight.dtype, out_features, in_features, round(density, 2))
+    if key not in _calibrated:
+        packs = {} if packs is None else packs
+        dense = (weight.detach() * mask).contiguous()
+        candidates = ("bitmap",) + (("csr16",) if in_features <= 65536 else ())
+        relative = dict.fromkeys(("dense",) + candidates, 0.0)
+        for batch in CALIBRATION_BATCHES:
+            x = torch.randn(batch, in_features, dtype=weight.dtype, device=weight.device)
+            calls = {"dense": lambda: F.linear(x, dense, bias)}
+            for fmt in candidates:
+                packed = packs.setdefault(fmt, pack_weight(weight, mask, fmt))
+                kernel = _backend.kernel(_OP_OF_FORMAT[fmt], _backend.resolve(_OP_OF_FORMAT[fmt], None, weight.device))
+                index = [packed[name] for name in _INDEX_NAMES[fmt]]
+                calls[fmt] = functools.partial(kernel, x, packed["values"], *index, bias)
+            times = _time_calls(calls)
+            for fmt, seconds in times.items():
+                relative[fmt] += seconds / times["dense"] / (1.0 if fmt == "dense" else SPARSE_WORTH_IT)
+        _calibrated[key] = min(relative, key=relative.get)
+    return _calibrated[key]
+
+
 class SparseLinear(nn.Linear):
     """A drop-in `nn.Linear` computing y = x · (W * mask)ᵀ + b from a compressed W.
 
@@ -220,30 +291,40 @@ class SparseLinear(nn.Linear):
     leading shape (including empty batches) and any strides. Returns (*, out_features). A wrong
     in_features, dtype or device raises ValueError / TypeError naming both values.
     `backend` (None: LQK_BACKEND, else auto) selects the kernel as in lqkernels._backend.
+    `calibrate` (format "auto" on the CPU): measure auto's choices on this layer instead of
+    trusting the cost model (see "calibration" in lqkernels.nn).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, format: str = "bitmap", backend: str | None = None) -> None:
+                 *, format: str = "bitmap", backend: str | None = None, calibrate: bool = True) -> None:
         """An empty layer (every weight pruned) in `format`; load_state_dict fills it."""
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate and initialise a dense weight
         weight = torch.zeros(out_features, in_features, device=device, dtype=dtype)
         self._setup(weight, torch.zeros_like(weight, dtype=torch.bool),
-                    weight.new_zeros(out_features) if bias else None, format, backend)
+                    weight.new_zeros(out_features) if bias else None, format, backend, calibrate)
 
     def _setup(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, format: str,
-               backend: str | None) -> None:
+               backend: str | None, calibrate: bool = True) -> None:
         self.out_features, self.in_features = weight.shape
         self.backend = backend
         self.auto = format == "auto"
-        stored = format
+        self.calibrate = calibrate
+        self._calibration = {}  # _measured_key -> whether the dense product runs (see _calibrate)
+        stored, packs = format, {}
         if self.auto:
             density = mask.float().mean().item() if mask.numel() else 1.0
             stored = choose_format(density, weight.device.type, weights=weight.numel(),
                                    dense_bytes=weight.numel() * weight.element_size())
+            if self._calibrating(weight.device) and weight.numel() >= MIN_SPARSE_WEIGHTS:
+                stored = calibrated_format(weight, mask, None if bias is None else bias.detach(), packs)
             if stored == "csr16" and weight.shape[1] > 65536:
                 stored = "bitmap"
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
-        self._set_storage(stored, pack_weight(weight, mask, stored))
+        self._set_storage(stored, packs[stored] if stored in packs else pack_weight(weight, mask, stored))
+
+    def _calibrating(self, device: torch.device) -> bool:
+        """Whether auto's choices are measured: calibrate=True, on the CPU with the C++ kernels."""
+        return self.auto and self.calibrate and device.type == "cpu" and _backend.native is not None
 
     def _set_storage(self, format: str, tensors: dict[str, torch.Tensor]) -> None:
         for name in set().union(*_INDEX_NAMES.values()):
@@ -256,12 +337,15 @@ class SparseLinear(nn.Linear):
     # ---- construction and conversion ----
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, *, format: str = "auto",
-                    backend: str | None = None) -> "SparseLinear":
+                    backend: str | None = None, calibrate: bool = True) -> "SparseLinear":
         """Compresses `linear` (an nn.Linear, possibly pruned with torch.nn.utils.prune).
 
         mask: bool (out_features, in_features) on the weight's device; default: the layer's
         `weight_mask` (torch.nn.utils.prune) if it has one, else `weight != 0`. format: one of
-        FORMATS or "auto". A mask of another shape, dtype or device raises ValueError / TypeError.
+        FORMATS or "auto". calibrate: with "auto" on the CPU, measure the choice of format (here,
+        a few calls of each candidate) and of the dense product per batch range (on first use)
+        instead of following the cost model. A mask of another shape, dtype or device raises
+        ValueError / TypeError.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
@@ -279,7 +363,9 @@ class SparseLinear(nn.Linear):
             raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or 'auto'")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        layer._setup(weight, mask, linear.bias, format, backend)
+        if not isinstance(calibrate, bool):
+            raise TypeError(f"calibrate must be True or False, got {calibrate!r}")
+        layer._setup(weight, mask, linear.bias, format, backend, calibrate)
         return layer
 
     from_dense = from_linear
@@ -347,20 +433,53 @@ class SparseLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         dense_bytes = self.out_features * self.in_features * self.values.element_size()
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+        text = (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={'auto:' if self.auto else ''}{self.format}, "
                 f"sparsity={self.sparsity:.3f}, nbytes={self.nbytes} ({self.nbytes / max(dense_bytes, 1):.2f} "
                 f"of dense), backend={self.resolved_backend()}")
+        if self.values.device.type == "cpu" and _backend.native is not None:
+            text += f", cpu={_backend.cpu_capability()}"
+        if self._calibrating(self.values.device):
+            text += ", calibrated"
+        return text
 
     # ---- forward ----
     def _dense_path(self, batch: int) -> bool:
+        """Whether a call with `batch` rows runs the dense product: measured for its batch range
+        where calibrated, else as the cost model predicts."""
         if self.format == "dense":
             return True
         if not self.auto:
             return False
+        measured = self._calibration.get(self._measured_key(batch))
+        if measured is not None:
+            return measured
         weights = self.out_features * self.in_features
         return predicted_cost(self.format, self.values.numel() / max(weights, 1), batch, self.values.device.type,
                               weights * self.values.element_size()) >= SPARSE_WORTH_IT
+
+    def _calibrate(self, x2d: torch.Tensor) -> None:
+        """Measures, on x2d, whether this layer's kernel or the dense product is faster for the
+        batch range of x2d's rows (shared with layers of the same shape, format and density)."""
+        weights = self.out_features * self.in_features
+        bucket = x2d.shape[0].bit_length()
+        key = _calibration_key("batch", self.values.dtype, self.out_features, self.in_features, self.format,
+                               round(self.values.numel() / max(weights, 1), 2), bucket)
+        if key not in _calibrated:
+            op = _OP_OF_FORMAT[self.format]
+            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, self.values.device))
+            x = x2d.detach()
+            with torch.no_grad():
+                dense = self.weight.detach()
+                times = _time_calls({"dense": lambda: F.linear(x, dense, self.bias),
+                                     "sparse": lambda: kernel(x, self.values, *self._index(), self.bias)})
+            _calibrated[key] = times["sparse"] >= SPARSE_WORTH_IT * times["dense"]
+        self._calibration[self._measured_key(x2d.shape[0])] = _calibrated[key]
+
+    def _measured_key(self, batch: int) -> tuple:
+        """Where a measured decision for `batch` rows is kept: per device type, dtype and
+        power-of-two batch range (a layer moved or cast is measured anew)."""
+        return (self.values.device.type, self.values.dtype, batch.bit_length())
 
     def _dense_weight(self) -> torch.Tensor:
         """W * mask for the dense path of "auto". Outside training and compilation it is cached
@@ -391,6 +510,9 @@ class SparseLinear(nn.Linear):
         if x.device != values.device:
             raise ValueError(f"SparseLinear: input is on {x.device} but the layer is on {values.device}")
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if (self.auto and self.format != "dense" and self._measured_key(x2d.shape[0]) not in self._calibration
+                and not torch.compiler.is_compiling() and self._calibrating(values.device)):
+            self._calibrate(x2d)
         if self._dense_path(x2d.shape[0]):
             weight = self._dense_weight()
             if self.format == "dense" and torch.is_grad_enabled() and weight.requires_grad:
@@ -405,11 +527,13 @@ class SparseLinear(nn.Linear):
 
     # ---- state_dict: the compressed form, loaded back exactly ----
     def get_extra_state(self) -> dict:
-        return {"format": self.format, "auto": self.auto, "in_features": self.in_features,
-                "out_features": self.out_features}
+        return {"format": self.format, "auto": self.auto, "calibrate": self.calibrate,
+                "in_features": self.in_features, "out_features": self.out_features}
 
     def set_extra_state(self, state: dict) -> None:
         self.auto = state["auto"]
+        self.calibrate = state.get("calibrate", True)  # checkpoints from before calibration
+        self._calibration = {}  # measured for the weights this layer held before
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -29,17 +29,21 @@ def _replace(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
 
 
 def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None, *,
-              format: str = "auto", backend: str | None = None) -> nn.Module:
+              format: str = "auto", backend: str | None = None, calibrate: bool = True) -> nn.Module:
     """Replaces, in place, each `nn.Linear` chosen by `filter_fn(module, fqn)` (torchao's
     convention; default: the pruned ones, see `_is_pruned`) with `SparseLinear.from_linear(module,
     format=format)`; the mask is prune's `weight_mask` if present, else `weight != 0`. Returns the
     model (a new module only if `model` itself is a chosen nn.Linear). SparseLinear layers are left
     as they are; `format` must be one of lqkernels.nn.FORMATS or "auto" (else ValueError).
+    `calibrate` (format "auto", CPU): measure each layer's choices on this machine (a few calls
+    per candidate, shared by layers of the same shape and density) rather than follow the cost
+    model; see lqkernels.nn, "calibration".
     """
     chosen = filter_fn if filter_fn is not None else (lambda module, fqn: _is_pruned(module))
     for fqn, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and not isinstance(module, SparseLinear) and chosen(module, fqn):
-            model = _replace(model, fqn, SparseLinear.from_linear(module, format=format, backend=backend))
+            model = _replace(model, fqn, SparseLinear.from_linear(module, format=format, backend=backend,
+                                                                   calibrate=calibrate))
     return model
 
 

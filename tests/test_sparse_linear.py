@@ -409,13 +409,14 @@ def test_nbytes_and_repr_report_compression(gen):
 
 
 def test_auto_keeps_dense_where_sparse_is_slower(gen):
+    """The cost model's choices (calibrate=False; measured choices: test_calibration_*)."""
     w = torch.randn(32, 64, generator=gen)
-    full = SparseLinear.from_linear(dense_linear(w), torch.ones(32, 64, dtype=torch.bool))
+    full = SparseLinear.from_linear(dense_linear(w), torch.ones(32, 64, dtype=torch.bool), calibrate=False)
     assert full.format == "dense" and "auto:dense" in repr(full)
     tiny = SparseLinear.from_linear(dense_linear(w), torch.rand(32, 64, generator=gen) < 0.05)
-    assert tiny.format == "dense"  # too small for a sparse call's fixed cost to pay
+    assert tiny.format == "dense"  # too small for a sparse call's fixed cost to pay (never measured)
     w = torch.randn(256, 512, generator=gen)
-    sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(256, 512, generator=gen) < 0.05)
+    sparse = SparseLinear.from_linear(dense_linear(w), torch.rand(256, 512, generator=gen) < 0.05, calibrate=False)
     assert sparse.format in ("bitmap", "csr16")
     assert sparse.resolved_backend(1) == "cpp"
 
@@ -451,7 +452,86 @@ def test_cost_model_follows_the_last_level_cache(monkeypatch, gen):
     half = torch.rand(512, 256, generator=gen) < 0.5
     for cache, expected in ((1 << 10, "bitmap"), (1 << 30, "dense")):  # W: 512 KB
         monkeypatch.setattr(lqnn, "LAST_LEVEL_CACHE_BYTES", cache)
-        assert SparseLinear.from_linear(dense_linear(w), half).format == expected
+        assert SparseLinear.from_linear(dense_linear(w), half, calibrate=False).format == expected
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    """Calibration with made-up timings: `speed[name]` seconds per call of candidate `name`
+    ("dense", "bitmap", "csr16" when a format is chosen; "dense", "sparse" per batch range), and a
+    log of every measurement. The process-wide cache starts empty and is restored afterwards."""
+    speed, log = {}, []
+
+    def time_calls(calls, rounds=lqnn.CALIBRATION_ROUNDS):
+        for call in calls.values():
+            call()  # the candidates run, as in a real measurement
+        log.append(sorted(calls))
+        return {name: speed[name] for name in calls}
+
+    monkeypatch.setattr(lqnn, "_time_calls", time_calls)
+    monkeypatch.setattr(lqnn, "_calibrated", {})
+    return speed, log
+
+
+def test_calibration_chooses_the_measured_format(gen, fake_timer):
+    speed, log = fake_timer
+    w = torch.randn(256, 512, generator=gen)
+    mask = torch.rand(256, 512, generator=gen) < 0.05  # the cost model says csr16 here
+    speed.update(dense=1.0, bitmap=0.5, csr16=2.0)
+    assert SparseLinear.from_linear(dense_linear(w), mask).format == "bitmap"
+    assert log == [["bitmap", "csr16", "dense"]] * len(lqnn.CALIBRATION_BATCHES)
+    assert SparseLinear.from_linear(dense_linear(w), mask).format == "bitmap"  # cached: no new timing
+    assert len(log) == len(lqnn.CALIBRATION_BATCHES)
+    speed.update(dense=1.0, bitmap=0.97, csr16=1.5)  # within the margin: not worth it
+    other = torch.rand(256, 512, generator=gen) < 0.3
+    layer = SparseLinear.from_linear(dense_linear(w), other)
+    assert layer.format == "dense" and "calibrated" in repr(layer)
+    x = torch.randn(3, 512, generator=gen)
+    assert_close_to_oracle(layer(x), x, w, other, None)
+    assert SparseLinear.from_linear(dense_linear(w), other, calibrate=False).format == "bitmap"  # the model's
+
+
+def test_calibration_per_batch_range(gen, fake_timer):
+    """A calibrated layer runs whichever of its kernel and the dense product measured faster for
+    the call's power-of-two batch range, measured once per range, on the call's own x."""
+    speed, log = fake_timer
+    w, mask, b = random_layer(gen, 256, 512, torch.float32)
+    speed.update(dense=1.0, bitmap=0.5, csr16=0.6)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask)
+    log.clear()
+    speed.update(dense=1.0, sparse=0.5)
+    x = torch.randn(3, 512, generator=gen)
+    assert_close_to_oracle(layer(x), x, w, mask, b)
+    assert layer.resolved_backend(3) == "cpp" and log == [["dense", "sparse"]]
+    layer(torch.randn(2, 512, generator=gen))  # 2 and 3 share the range [2, 4)
+    assert len(log) == 1
+    speed.update(dense=1.0, sparse=1.2)
+    x = torch.randn(40, 512, generator=gen)
+    assert_close_to_oracle(layer(x), x, w, mask, b)
+    assert layer.resolved_backend(40) == "dense" and layer.resolved_backend(3) == "cpp" and len(log) == 2
+    twin = SparseLinear.from_linear(dense_linear(w, b), mask)  # same shape, format, density: shared
+    twin(x)
+    assert twin.resolved_backend(40) == "dense" and len(log) == 2
+    half = copy.deepcopy(layer).half()  # another dtype: measured anew
+    half(x.half())
+    assert len(log) == 3
+
+
+def test_calibration_for_real_and_compiled(gen):
+    """Real timings: whatever they decide, the output is right; torch.compile uses the measured
+    decisions without tracing a timer."""
+    w, mask, b = random_layer(gen, 256, 512, torch.float32)
+    layer = SparseLinear.from_linear(dense_linear(w, b), mask)
+    assert layer.format in ("bitmap", "csr16", "dense")
+    x = torch.randn(5, 512, generator=gen)
+    with torch.no_grad():
+        assert_close_to_oracle(layer(x), x, w, mask, b)
+        measured = layer.resolved_backend(5)
+        torch._dynamo.reset()
+        assert_close_to_oracle(torch.compile(layer, fullgraph=True)(x), x, w, mask, b)
+    assert layer.resolved_backend(5) == measured
+    with pytest.raises(TypeError, match="calibrate must be True or False"):
+        SparseLinear.from_linear(dense_linear(w, b), mask, calibrate="yes")
 
 
 def test_fine_tuning_keeps_pruned_weights_at_zero(gen):
@@ -531,7 +611,7 @@ def test_compile_fullgraph_auto(gen):
     for density, batch, path in ((0.05, 3, "cpp"), (0.3, 100, "dense"), (0.6, 3, "dense")):
         w = torch.randn(256, 512, generator=gen)
         mask = torch.rand(256, 512, generator=gen) < density
-        layer = SparseLinear.from_linear(dense_linear(w), mask)
+        layer = SparseLinear.from_linear(dense_linear(w), mask, calibrate=False)
         assert layer.resolved_backend(batch) == path, (density, batch)
         x = torch.randn(batch, 512, generator=gen)
         torch._dynamo.reset()

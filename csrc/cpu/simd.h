@@ -30,37 +30,48 @@ namespace {
 #endif
 
 #if defined(LQK_LANES_AVX2)
-// For each 8-bit lane mask b, lane indices as 4-bit fields of a uint32 (lane j in bits 4j..4j+3):
-// kCompress8[b] lists the set lanes in order (then 7s); kExpand8[b] gives each set lane its rank
-// among the set lanes, and each clear lane 7 (the permuted source there is made 0 by the caller).
-constexpr std::array<uint32_t, 256> lane_tables(bool expand) {
-  std::array<uint32_t, 256> table{};
+// Lane permutations for each 8-bit lane mask b, 8 int32 lane indices each (8 KB a table: one load
+// gives the permute's index vector): kCompress8[b] lists the set lanes in order (then 7s);
+// kExpand8[b] gives each set lane its rank among the set lanes, and each clear lane 7 (the
+// permuted source is 0 there unless all 8 lanes are set). A lane permute reads only the low 3 bits
+// of an index, so kExpand8 also carries, in the sign bits, the mask of the first popcount(b) lanes:
+// the masked load of the packed values (kFirst8[n]: all ones in the first n lanes).
+using LaneRow = std::array<int32_t, 8>;
+constexpr std::array<LaneRow, 256> lane_tables(bool expand) {
+  std::array<LaneRow, 256> table{};
   for (int b = 0; b < 256; ++b) {
-    uint32_t fields = 0;
     int rank = 0;
+    table[b].fill(7);
     for (int j = 0; j < 8; ++j) {
-      const bool set = (b >> j) & 1;
-      if (expand) {
-        fields |= static_cast<uint32_t>(set ? rank : 7) << (4 * j);
-      } else if (set) {
-        fields |= static_cast<uint32_t>(j) << (4 * rank);
+      if ((b >> j) & 1) {
+        if (expand) table[b][j] = rank;
+        else table[b][rank] = j;
+        ++rank;
       }
-      rank += set;
     }
-    if (!expand)
-      for (int j = rank; j < 8; ++j) fields |= 7u << (4 * j);
-    table[b] = fields;
+    if (expand)
+      for (int j = 0; j < rank; ++j) table[b][j] |= INT32_MIN;
   }
   return table;
 }
-constexpr std::array<uint32_t, 256> kCompress8 = lane_tables(false);
-constexpr std::array<uint32_t, 256> kExpand8 = lane_tables(true);
+alignas(32) constexpr std::array<LaneRow, 256> kCompress8 = lane_tables(false);
+alignas(32) constexpr std::array<LaneRow, 256> kExpand8 = lane_tables(true);
+alignas(32) constexpr std::array<LaneRow, 9> kFirst8 = [] {
+  std::array<LaneRow, 9> table{};
+  for (int n = 0; n <= 8; ++n)
+    for (int j = 0; j < n; ++j) table[n][j] = -1;
+  return table;
+}();
+// kCount8[b] = popcount(b): a table, not popcnt, which issues on one port only (the bitmap kernel
+// counts every 8 columns).
+constexpr std::array<uint8_t, 256> kCount8 = [] {
+  std::array<uint8_t, 256> table{};
+  for (int b = 0; b < 256; ++b) table[b] = static_cast<uint8_t>(std::popcount(static_cast<unsigned>(b)));
+  return table;
+}();
 
-// The 8 lane indices of a table entry, one per 32-bit lane.
-inline __m256i lane_indices(uint32_t fields) {
-  const __m256i shifted = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(fields)),
-                                            _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
-  return _mm256_and_si256(shifted, _mm256_set1_epi32(7));
+inline __m256i lane_row(const std::array<LaneRow, 256>& table, unsigned b) {  // table[b] as a vector
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(table[b].data()));
 }
 #endif
 
@@ -108,7 +119,7 @@ struct KeyLanes {
     return static_cast<unsigned>(_mm_movemask_epi8(_mm_slli_epi16(bytes, 7))) & 0xffu;
   }
   static void compress_store(uint32_t* dst, Mask keep, Vec v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, lane_indices(kCompress8[keep])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, lane_row(kCompress8, keep)));
   }
   static unsigned bits(Mask m) { return m; }
 };
@@ -137,6 +148,7 @@ struct FloatLanes {
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static float sum(Vec v) { return _mm512_reduce_add_ps(v); }
   static Mask first(int64_t n) { return n >= 16 ? Mask(0xffff) : Mask((1u << n) - 1); }
+  static int count(Mask keep) { return std::popcount(static_cast<unsigned>(keep)); }
 
   // 16-bit values widened to float lanes.
   template <typename scalar_t>
@@ -193,13 +205,16 @@ struct FloatLanes {
   static Vec load_first(const scalar_t* p, int64_t n, const scalar_t* end) {
     return _mm256_and_ps(widen<scalar_t>(load8_within(p, end)), _mm256_castsi256_ps(first(n)));
   }
+  static int count(Mask keep) { return kCount8[keep]; }
   // The first popcount(keep) values at p in the lanes of `keep`, others 0: the packed values,
-  // lanes past them zeroed, permuted by kExpand8 (which sends clear lanes to lane 7: zero unless
-  // all 8 lanes are kept).
+  // lanes past them zeroed (float: a masked load, which reads nothing there), permuted by kExpand8.
   template <typename scalar_t>
   static Vec expand(const scalar_t* p, Mask keep, const scalar_t* end) {
-    const Vec packed = load_first(p, std::popcount(keep), end);
-    return _mm256_permutevar8x32_ps(packed, lane_indices(kExpand8[keep]));
+    const __m256i lanes = lane_row(kExpand8, keep);
+    Vec packed;
+    if constexpr (std::is_same_v<scalar_t, float>) packed = _mm256_maskload_ps(p, lanes);
+    else packed = load_first(p, count(keep), end);
+    return _mm256_permutevar8x32_ps(packed, lanes);
   }
   // x[cols[j]] for the first n (<= 8) columns; the other lanes 0 (no load for them).
   static Vec gather(const float* x, const uint16_t* cols, int64_t n) {
@@ -208,10 +223,8 @@ struct FloatLanes {
   }
 
  private:
-  // All ones in the first n 32-bit lanes.
-  static __m256i first(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
+  // All ones in the first n (<= 8) 32-bit lanes.
+  static __m256i first(int64_t n) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(kFirst8[n].data())); }
   // 8 elements at p, as they lie in memory (a float's 32 bytes, a 16-bit type's 16 in the low half),
   // reading nothing at or past `end`: elements from there on are 0.
   template <typename T>

@@ -168,7 +168,7 @@ inline int64_t bitmap_row_columns(const uint32_t* words, int64_t nwords, int32_t
     for (int part = 0; part < 4; ++part) {  // a byte of the word: 8 columns
       const unsigned byte = (words[w] >> (8 * part)) & 0xffu;
       const __m256i first = _mm256_set1_epi32(static_cast<int32_t>(32 * w + 8 * part));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + n), _mm256_add_epi32(lane_indices(kCompress8[byte]), first));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + n), _mm256_add_epi32(lane_row(kCompress8, byte), first));
       n += std::popcount(byte);
     }
   }
@@ -462,20 +462,29 @@ void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int
     float sums[R];
 #if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
     using L = FloatLanes;
-    typename L::Vec acc[2][R];  // two sets: consecutive groups do not wait on each other's FMAs
+    // Independent accumulator sets, so that consecutive groups do not wait on each other's FMAs:
+    // one per group of a word where registers allow (with one set, AVX2's 4 groups a word would
+    // chain 4 FMA latencies per word), at least two.
+    constexpr int groups = 32 / L::kWidth, sets = std::clamp(L::kRegisters / 2 / R, 2, groups);
+    typename L::Vec acc[sets][R];
     for (auto& a : acc) for (auto& v : a) v = L::zero();
     const scalar_t* v = vals + offsets[r];
     if constexpr (fmt == Format::kBitmap) {
       const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
       for (int64_t w = 0; w < nwords; ++w) {
         prefetch(v);
-        for (int g = 0; g < 32 / L::kWidth; ++g) {
-          const auto keep = static_cast<typename L::Mask>((words[w] >> (g * L::kWidth)) & ((1ull << L::kWidth) - 1));
-          const typename L::Vec values = L::expand(v, keep, vals_end);
-          v += std::popcount(static_cast<unsigned>(keep));
+        const uint32_t word = words[w];
+        // Where each group's values start is counted apart from `v`: the groups' loads wait only
+        // on the word (a running pointer chained a count and an add per group).
+        int before = 0;
+        for (int g = 0; g < groups; ++g) {
+          const auto keep = static_cast<typename L::Mask>((word >> (g * L::kWidth)) & ((1ull << L::kWidth) - 1));
+          const typename L::Vec values = L::expand(v + before, keep, vals_end);
+          before += L::count(keep);
           for (int i = 0; i < R; ++i)
-            acc[g & 1][i] = L::fmadd(values, L::load(xf + i * ld + 32 * w + g * L::kWidth), acc[g & 1][i]);
+            acc[g % sets][i] = L::fmadd(values, L::load(xf + i * ld + 32 * w + g * L::kWidth), acc[g % sets][i]);
         }
+        v += before;
       }
     } else {
       const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
@@ -485,31 +494,49 @@ void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int
         prefetch(cols + k);
         const int64_t lanes = std::min<int64_t>(L::kWidth, n - k);
         const typename L::Vec w = L::load_first(v + k, lanes, vals_end);
-        const int half = (k / L::kWidth) & 1;  // alternate accumulators: two gathers in flight per row
-        for (int i = 0; i < R; ++i) acc[half][i] = L::fmadd(w, L::gather(xf + i * ld, cols + k, lanes), acc[half][i]);
+        const int set = (k / L::kWidth) & 1;  // alternate accumulators: two gathers in flight per row
+        for (int i = 0; i < R; ++i) acc[set][i] = L::fmadd(w, L::gather(xf + i * ld, cols + k, lanes), acc[set][i]);
       }
     }
-    for (int i = 0; i < R; ++i) sums[i] = L::sum(L::add(acc[0][i], acc[1][i]));
+    for (int i = 0; i < R; ++i) {
+      typename L::Vec total = acc[0][i];
+      for (int set = 1; set < sets; ++set) total = L::add(total, acc[set][i]);
+      sums[i] = L::sum(total);
+    }
 #else
     (void)vals_end;
-    float acc[4][R] = {};  // four partial sums per x row: consecutive values do not wait on each other
+    static_assert(R == 1, "without vector lanes the values are walked for one x row only");
+    // Four partial sums: consecutive values do not wait on each other's adds.
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     const scalar_t* v = vals + offsets[r];
-    int64_t k = 0;
-    const auto step = [&](int64_t col) __attribute__((always_inline)) {
-      const float w = to_float(v[k]);
-      for (int i = 0; i < R; ++i) acc[k & 3][i] += w * xf[i * ld + col];
-      ++k;
-    };
     if constexpr (fmt == Format::kBitmap) {
       const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
-      for (int64_t w = 0; w < nwords; ++w)
-        for (uint32_t word = words[w]; word; word &= word - 1) step(32 * w + std::countr_zero(word));
+      for (int64_t w = 0; w < nwords; ++w) {
+        const float* xw = xf + 32 * w;
+        uint32_t word = words[w];
+        for (; std::popcount(word) >= 2; v += 2) {  // two set bits a step
+          const int c0 = std::countr_zero(word);
+          word &= word - 1;
+          const int c1 = std::countr_zero(word);
+          word &= word - 1;
+          s0 += to_float(v[0]) * xw[c0];
+          s1 += to_float(v[1]) * xw[c1];
+        }
+        if (word) s2 += to_float(*v++) * xw[std::countr_zero(word)];
+      }
     } else {
       const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
       const int64_t n = offsets[r + 1] - offsets[r];
-      while (k < n) step(cols[k]);
+      int64_t k = 0;
+      for (; k + 4 <= n; k += 4) {
+        s0 += to_float(v[k]) * xf[cols[k]];
+        s1 += to_float(v[k + 1]) * xf[cols[k + 1]];
+        s2 += to_float(v[k + 2]) * xf[cols[k + 2]];
+        s3 += to_float(v[k + 3]) * xf[cols[k + 3]];
+      }
+      for (; k < n; ++k) s0 += to_float(v[k]) * xf[cols[k]];
     }
-    for (int i = 0; i < R; ++i) sums[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+    sums[0] = (s0 + s1) + (s2 + s3);
 #endif
     const float b = bias ? to_float(bias[r]) : 0.0f;
     for (int i = 0; i < valid; ++i) y[i * out + r] = static_cast<scalar_t>(sums[i] + b);
@@ -536,11 +563,15 @@ void linear_by_values(const char* op, const scalar_t* x, int64_t m_rows, int64_t
         const float* xm = xf.data() + m * ld;
         scalar_t* ym = y + m * out;
         const int64_t valid = std::min<int64_t>(8, m_rows - m);
-        // Rows are padded with zeros up to 1, 2, 4 or 8 (one compiled kernel each).
-        if (valid == 1) rows_by_values<1, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-        else if (valid == 2) rows_by_values<2, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-        else if (valid <= 4) rows_by_values<4, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-        else rows_by_values<8, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        // Rows are padded with zeros up to 1, 2, 4 or 8 (one compiled kernel each; one row only
+        // without vector lanes, see values_kernel_wins).
+        if (valid == 1) {
+          rows_by_values<1, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        } else if constexpr (kHaveLanes) {
+          if (valid == 2) rows_by_values<2, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+          else if (valid <= 4) rows_by_values<4, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+          else rows_by_values<8, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
+        }
       }
     }
   });
