@@ -45,7 +45,10 @@ inline float log2_ratio(float r) {
 inline float exp2_nonpositive(float y) {
   // y = q log2 r <= 0. Below -190 the result is under half the smallest subnormal: 0.
   y = y < -190.0f ? -190.0f : y;
-  const float n = std::nearbyint(y);
+  // y rounded to the nearest integer (ties to even, as nearbyint): adding and subtracting 1.5 * 2^23
+  // leaves no fraction bits. Plain adds vectorise with SSE2; nearbyint needs SSE4.1's roundps, and
+  // GCC left this loop scalar without AVX.
+  const float n = (y + 12582912.0f) - 12582912.0f;
   const float f = (n - y) * -0.693147181f;  // (y - n) ln 2, in [-0.347, 0.347]
   // e^f by its Taylor series to f^7 / 7! (error < 2e-8).
   const float p =
