@@ -443,7 +443,6 @@ std::vector<at::Tensor> global_topk_masks(at::TensorList xs_in,
   }
   std::vector<at::Tensor> outs;
   for (const at::Tensor& x : xs) outs.push_back(at::empty(x.sizes(), x.options().dtype(at::kBool)));
-  const int64_t num_spans = static_cast<int64_t>(spans.size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs[0].scalar_type(), "global_topk_masks_cpu", [&] {
     std::vector<const scalar_t*> x_data;
