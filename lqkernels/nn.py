@@ -223,25 +223,34 @@ def choose_format(density: float, device_type: str, batch: int = 1, weights: int
 #    it stores the format with the least total time relative to dense, or "dense";
 #  * on the first call with a batch size in a new power-of-two range: its kernel against the dense
 #    product on that call's x; the slower one is not used for that range again.
-# Each measurement is CALIBRATION_ROUNDS interleaved calls of each candidate after a warm-up call,
-# compared by the median, and a sparse kernel must beat dense by the model's margin (SPARSE_WORTH_IT).
+# Each measurement interleaves calls of the candidates (after a warm-up call each; at least
+# CALIBRATION_ROUNDS rounds, more while under CALIBRATION_SECONDS) and compares medians; a sparse
+# kernel must beat dense by CALIBRATION_MARGIN. The margin is wide because a CPU's speed for one
+# kernel depends on what ran before it (on a 2-core VM whose last-level cache held the dense W, the
+# dense product took 1.2 ms in a loop of its own and 2.5 ms between sparse calls): a kernel measured
+# a little faster than dense in one setting can be a little slower in another.
 # Results are shared by every layer of the same shape, dtype and density (to 1%) in the process,
 # and keyed by the CPU capability and thread count they were measured with. Under torch.compile the
 # measured decisions are used where they exist (timing cannot be traced), else the cost model.
 CALIBRATION_ROUNDS = 5
+CALIBRATION_SECONDS = 0.2
+CALIBRATION_MARGIN = 0.85
 CALIBRATION_BATCHES = (1, 16)  # the batch sizes a format is chosen for when a layer is built
 _calibrated: dict[tuple, object] = {}
 
 
 def _time_calls(calls: dict[str, Callable[[], object]], rounds: int = CALIBRATION_ROUNDS) -> dict[str, float]:
     """Median seconds per call of each of `calls`, interleaved (one call of each per round, after
-    one warm-up call each): the machine's speed drifts, and blocks of one kernel would turn the
-    drift into a false ratio."""
+    one warm-up call each; `rounds` rounds, up to 4x as many while under CALIBRATION_SECONDS): the
+    machine's speed drifts, and blocks of one kernel would turn the drift into a false ratio."""
     times = {name: [] for name in calls}
     with torch.no_grad():
         for call in calls.values():
             call()
-        for _ in range(rounds):
+        deadline = time.perf_counter() + CALIBRATION_SECONDS
+        for done in range(4 * rounds):
+            if done >= rounds and time.perf_counter() > deadline:
+                break
             for name, call in calls.items():
                 start = time.perf_counter()
                 call()
@@ -275,7 +284,7 @@ def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tens
                 calls[fmt] = functools.partial(kernel, x, packed["values"], *index, bias)
             times = _time_calls(calls)
             for fmt, seconds in times.items():
-                relative[fmt] += seconds / times["dense"] / (1.0 if fmt == "dense" else SPARSE_WORTH_IT)
+                relative[fmt] += seconds / times["dense"] / (1.0 if fmt == "dense" else CALIBRATION_MARGIN)
         _calibrated[key] = min(relative, key=relative.get)
     return _calibrated[key]
 
@@ -473,7 +482,7 @@ class SparseLinear(nn.Linear):
                 dense = self.weight.detach()
                 times = _time_calls({"dense": lambda: F.linear(x, dense, self.bias),
                                      "sparse": lambda: kernel(x, self.values, *self._index(), self.bias)})
-            _calibrated[key] = times["sparse"] >= SPARSE_WORTH_IT * times["dense"]
+            _calibrated[key] = times["sparse"] >= CALIBRATION_MARGIN * times["dense"]
         self._calibration[self._measured_key(x2d.shape[0])] = _calibrated[key]
 
     def _measured_key(self, batch: int) -> tuple:

@@ -482,7 +482,7 @@ def test_calibration_chooses_the_measured_format(gen, fake_timer):
     assert log == [["bitmap", "csr16", "dense"]] * len(lqnn.CALIBRATION_BATCHES)
     assert SparseLinear.from_linear(dense_linear(w), mask).format == "bitmap"  # cached: no new timing
     assert len(log) == len(lqnn.CALIBRATION_BATCHES)
-    speed.update(dense=1.0, bitmap=0.97, csr16=1.5)  # within the margin: not worth it
+    speed.update(dense=1.0, bitmap=0.9, csr16=1.5)  # within the margin: not worth it
     other = torch.rand(256, 512, generator=gen) < 0.3
     layer = SparseLinear.from_linear(dense_linear(w), other)
     assert layer.format == "dense" and "calibrated" in repr(layer)
