@@ -153,7 +153,7 @@ def sweep(out: Path, budget_s: float, sparsities, batches, size: int = SIZE) -> 
     rows = []
     header = ("| density | sparsity | batch | dense ms | torch CSR ms | bitmap ms | csr16 ms | auto ms (format) "
               "| CSR / dense | bitmap / dense | csr16 / dense | auto / dense | auto vs CSR |")
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, W {size}x{size} float32, "
+    lines = [f"{machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads, W {size}x{size} float32, "
              f"median of 5-60 calls, interleaved, within {budget_s} s per kernel; "
              "ratios are speed-ups (> 1: faster than dense)",
              "", header, "|" + "---|" * 13]
@@ -188,6 +188,26 @@ def sweep(out: Path, budget_s: float, sparsities, batches, size: int = SIZE) -> 
     plot(rows, out.with_suffix(".png"), sparsities, batches, size)
 
 
+def machine() -> str:
+    """The CPU and the instruction set lqkernels' kernels ran with."""
+    from lqkernels import _backend
+    from lqkernels.info import cpu_model
+    return f"{cpu_model()}, lqkernels CPU capability {_backend.cpu_capability()}"
+
+
+def rows_of_table(path: Path) -> tuple[list[dict], str]:
+    """The rows and the first line (the machine) of a table that `sweep` wrote."""
+    text = path.read_text().splitlines()
+    rows = []
+    for line in text:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 13 and cells[0] in ("uniform", "per-row"):
+            rows.append({"varying": cells[0] == "per-row", "sparsity": float(cells[1].rstrip("%")) / 100,
+                         "batch": int(cells[2]), "dense": float(cells[3]), "csr": float(cells[4]),
+                         "bitmap": float(cells[5]), "csr16": float(cells[6]), "auto": float(cells[7].split()[0])})
+    return rows, text[0]
+
+
 def fit_cost_table(rows) -> str | None:
     """lqkernels.nn's "cpu" cost table from a sweep: per entry of COST_MODEL["cpu"] (batches up to
     its largest M), per format, the time relative to dense at each of COST_DENSITIES, the worst
@@ -211,7 +231,7 @@ def fit_cost_table(rows) -> str | None:
     return "\n".join(table)
 
 
-def plot(rows, path: Path, sparsities, batches, size: int = SIZE) -> None:
+def plot(rows, path: Path, sparsities, batches, size: int = SIZE, where: str | None = None) -> None:
     """Heat maps of speed-up over dense (log colour scale; red: dense still wins)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -237,7 +257,8 @@ def plot(rows, path: Path, sparsities, batches, size: int = SIZE) -> None:
             ax.set_xlabel("batch")
             ax.set_ylabel("sparsity")
             ax.set_title(f"{title} / dense, {'per-row density' if varying else 'uniform'}", fontsize=10)
-    fig.suptitle(f"Speed-up over dense F.linear, W {size}x{size} float32, 2 threads (green: faster)")
+    fig.suptitle(f"Speed-up over dense F.linear, W {size}x{size} float32, 2 threads (green: faster)\n"
+                 f"{where or machine()}")
     fig.savefig(path, dpi=110)
 
 
@@ -248,5 +269,12 @@ if __name__ == "__main__":
     parser.add_argument("--sparsities", type=float, nargs="*", default=SPARSITIES)
     parser.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     parser.add_argument("--size", type=int, default=SIZE, help="W is size x size")
+    parser.add_argument("--replot", type=Path, help="only draw the plot of a table a sweep wrote (.md)")
     args = parser.parse_args()
-    sweep(args.out, args.budget, list(args.sparsities), list(args.batches), args.size)
+    if args.replot:
+        rows, first_line = rows_of_table(args.replot)
+        plot(rows, args.replot.with_suffix(".png"), sorted({r["sparsity"] for r in rows}),
+             sorted({r["batch"] for r in rows}), args.size, first_line.split(";")[0] if "capability" in first_line
+             else None)
+    else:
+        sweep(args.out, args.budget, list(args.sparsities), list(args.batches), args.size)
