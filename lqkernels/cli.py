@@ -66,7 +66,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lqkernels", description="ℓq compressibility reports and adaptive (ℓq / PQI) pruning of a "
-        "PyTorch model (docs/paper.md). MODEL: package.module:factory or a torch.save'd module file.",
+        "PyTorch model (docs/method.md). MODEL: package.module:factory or a torch.save'd module file.",
         epilog="examples:\n  lqkernels report mypkg.models:make_mlp --scope neuron\n"
                "  lqkernels prune model.pt --method sap --scope layer --out pruned.pt\n"
                "  lqkernels demo --model mypkg.models:make_mlp",

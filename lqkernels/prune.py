@@ -1,4 +1,4 @@
-"""Compressibility reports and adaptive pruning: the ℓq rule of [T] and SAP of [S] (docs/paper.md §3).
+"""Compressibility reports and adaptive pruning: the ℓq rule of [T] and SAP of [S] (docs/method.md §3).
 
     report = lqkernels.prune.compressibility(model, scope="neuron")   # str(report), .rows(), .to_csv()
     lqkernels.prune.sap(model, p=0.5, q=1.0, scope="neuron")           # one SAP step on the survivors
@@ -382,7 +382,7 @@ def sap(model: nn.Module, *, p: float = 0.5, q: float = 1.0, eta: float = 0.0, g
 def lq_neuron(model: nn.Module, *, q: float = 0.5, eta: float = 0.0, gamma: float = 1.0,
               beta: float = 0.9, tolerance: float | None = None, lipschitz: float = 1.0,
               input_bound: float = 1.0, input_norm="inf", include: Include = None) -> nn.Module:
-    """The per-neuron ℓq rule ([T]-style; docs/paper.md §3, from the authors' 2022 code).
+    """The per-neuron ℓq rule ([T]-style; docs/method.md §3, from the authors' 2022 code).
 
     For each row i (d_i survivors): k_i = max(1, ceil((1+η)^{−1/(1−q)}·(‖w_i‖_q/‖w_i‖_1)^{q/(1−q)})),
     0 < q < 1, which is SAP's bound with (p, q) = (q, 1); then prune floor(d_i·min(γ(1 − k_i/d_i), β)).
@@ -511,7 +511,7 @@ def compressibility(model: nn.Module, *, q: float = 0.5, p: float = 0.5, pq: flo
                     scope: str = "layer", include: Include = None, eta: float = 0.0,
                     tolerance: float | None = None, lipschitz: float = 1.0, input_bound: float = 1.0,
                     input_norm="inf") -> CompressibilityReport:
-    """How compressible is each prunable weight? ([T]'s ℓq view and [S]'s PQI, docs/paper.md §1-2.)
+    """How compressible is each prunable weight? ([T]'s ℓq view and [S]'s PQI, docs/method.md §1-2.)
 
     Per weight (survivors of any existing prune mask only): shape, params, survivors, ‖w‖_q, SI_q,
     PQ Index I_{p,pq}, Hoyer, Gini, Theorem 2's keep ratio and count at η, and with `tolerance` the
@@ -704,7 +704,7 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
               *, method: str = "sap", rounds: int = 10, rewind="init", scope: str = "neuron",
               p: float = 0.5, q: float = 1.0, eta: float = 0.0, gamma: float = 1.0, beta: float = 0.9,
               amount: float = 0.2, include: Include = None, progress: bool = True) -> History:
-    """The prune–retrain loop of [S] (docs/paper.md §3): train, evaluate, prune, rewind, repeat.
+    """The prune–retrain loop of [S] (docs/method.md §3): train, evaluate, prune, rewind, repeat.
 
     Round 0 trains the dense model; each of the next `rounds` prunes (on the survivors), rewinds
     and retrains, so `rounds + 1` masks are trained and recorded in the returned History.

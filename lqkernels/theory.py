@@ -1,4 +1,4 @@
-"""Guarantees behind ℓq compressibility and PQI pruning (docs/paper.md §2), computed with
+"""Guarantees behind ℓq compressibility and PQI pruning (docs/method.md §2), computed with
 lqkernels.ops (one pass of masked power sums per slice; no Python loop over rows).
 
 Sources, and how sure we are of them:
@@ -6,7 +6,7 @@ Sources, and how sure we are of them:
     measure of compressibility, the per-neuron keep counts and the adaptive allocation. Only [T]'s
     abstract is public: the forms here are *reconstructed* from the sparse-approximation results
     it builds on (best s-term approximation; Stechkin / Cohen–Dahmen–DeVore) and from the authors'
-    public code of that period, as docs/paper.md says. The s-term inequality itself is standard
+    public code of that period, as docs/method.md says. The s-term inequality itself is standard
     and is proved in the docstring below; what is reconstructed is how [T] uses it.
   * [S] Diao, Wang, Zhang, Yang, Ding, Tarokh, ICLR 2023, arXiv 2302.05601: PQ Index and its
     Theorem 2 (the keep bound), checked against the authors' slides and released code.
@@ -199,7 +199,7 @@ def allocate_two_layer(a: torch.Tensor, w: torch.Tensor, total: int, q: float = 
                        input_norm="inf", mask: torch.Tensor | None = None) -> torch.Tensor:
     """How many weights each hidden neuron j of f(x) = Σ_j a_j σ(w_jᵀx) keeps, `total` in all.
 
-    [T] (reconstructed, docs/paper.md §2): by the s-term bound the output error is at most
+    [T] (reconstructed, docs/method.md §2): by the s-term bound the output error is at most
     L·B·Σ_j |a_j|·‖w_j‖_q·s_j^{−α}, α = 1/q − 1 for ‖x‖_∞ ≤ B (input_norm="inf", q < 1) or
     1/q − 1/2 for ‖x‖_2 ≤ B ("2", q < 2). Minimising it under Σ s_j = S (Lagrange, s_j real) gives
     s_j ∝ (|a_j|·‖w_j‖_q)^{1/(1+α)}. Here each s_j is also capped at the neuron's survivors d_j
@@ -294,7 +294,7 @@ class Certificate(NamedTuple):
 
 def certify(model: nn.Module, masks=None, input_bound: float = 1.0, lipschitz: float = 1.0, *,
             input_norm="inf", q: float = 0.5) -> Certificate:
-    """Bounds how much pruning changes an MLP-style network's output, layer by layer (paper.md §2).
+    """Bounds how much pruning changes an MLP-style network's output, layer by layer (method.md §2).
 
     The network: `model`'s leaf modules in registration order form a chain h_l = σ_l(W_l h_{l−1} + b_l)
     of nn.Linear layers and activations (ReLU, LeakyReLU, Tanh, ReLU6, Hardtanh, GELU, SiLU: σ(0) = 0
