@@ -12,6 +12,11 @@ never), as in [S]'s released code; `include(module, fqn) -> bool` narrows the se
 convention). A parameter shared by several modules (tied weights) is measured once and gets one
 mask in every module that holds it. Frozen parameters are pruned too and stay frozen.
 
+A weight is kept (a survivor) iff its prune mask is set where it has one, and iff it is nonzero
+where it has none: a model saved after prune.remove (`lqkernels prune --remove`) holds its pruned
+weights as zeros, and every report, count and step here, like sparsify_, sees the same survivors
+with or without the masks.
+
 Masks live in torch.nn.utils.prune: each pruned module holds `weight_orig` (the parameter),
 `weight_mask` (buffer) and a forward pre-hook computing weight = weight_orig * weight_mask, so
 prune.remove, state_dict checkpoints and lqkernels.sparsify_ work as usual, and gradients reach
@@ -67,7 +72,7 @@ class _Target:
     attr: str
     modules: list
     param: torch.Tensor
-    survivors: torch.Tensor | None  # bool, the param's shape; None = nothing pruned yet
+    survivors: torch.Tensor | None  # bool, the param's shape (see _survivors); None = all kept
 
     @property
     def weight(self) -> torch.Tensor:
@@ -80,6 +85,16 @@ class _Target:
 
     def survivor_count(self) -> int:
         return self.param.numel() if self.survivors is None else int(torch.count_nonzero(self.survivors))
+
+
+def _survivors(param: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The kept entries of a weight, the one meaning every report and step uses: where a prune
+    mask exists, its set entries (a kept weight may hold 0); without one, the nonzero entries (a
+    model saved after prune.remove holds its pruned weights as zeros). None: all are kept."""
+    if mask is not None:
+        return mask.detach().bool()  # nonzero = kept; 3x faster than != 0
+    weight = param.detach()
+    return None if bool(weight.all()) else weight != 0
 
 
 def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
@@ -97,8 +112,7 @@ def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
                 continue
             if include is not None and not include(module, fqn):
                 continue
-            mask = getattr(module, attr + "_mask", None) if attr != pname else None
-            mask = None if mask is None else mask.detach().bool()  # nonzero = kept; 3x faster than != 0
+            mask = _survivors(param, getattr(module, attr + "_mask", None) if attr != pname else None)
             target = by_param.get(id(param))
             if target is None:
                 name = f"{fqn}.{attr}" if fqn else attr
@@ -119,13 +133,15 @@ def _kept_fraction(targets: list[_Target]) -> float:
 
 
 def remaining_fraction(model: nn.Module, include: Include = None) -> float:
-    """The fraction of the prunable weights (tied ones counted once) that their masks still keep."""
+    """The fraction of the prunable weights (tied ones counted once) still kept: mask set where a
+    weight has a prune mask, nonzero where it has none (so the same before and after prune.remove)."""
     return _kept_fraction(_targets(model, include, "remaining_fraction"))
 
 
 def prunable_weights(model: nn.Module, include: Include = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """(name, weight, survivors) of every prunable weight: the dense values (weight_orig once
-    pruned) and the bool survivor mask (None if unpruned). Tied weights appear once."""
+    pruned) and the bool survivor mask (mask set, or nonzero without a mask; None when every entry
+    is kept). Tied weights appear once."""
     return [(t.name, t.weight, t.survivors) for t in _targets(model, include, "prunable_weights")]
 
 

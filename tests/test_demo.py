@@ -6,6 +6,7 @@ import torch
 pytest.importorskip("sklearn")  # the demo's data set ships with scikit-learn
 pytest.importorskip("matplotlib")  # its plot
 
+from lqkernels import prune  # noqa: E402
 from lqkernels.nn import FORMATS, SparseLinear  # noqa: E402
 from lqkernels.demo import main, make_mlp, train_digits_mlp  # noqa: E402
 
@@ -81,6 +82,10 @@ def test_story_sparse_layers_match_the_masked_model(story):
         torch.testing.assert_close(sparse(x), pruned(x), rtol=1e-5, atol=1e-5)  # float32 sum order
     assert story["bytes"]["sparse"] < 0.5 * story["bytes"]["dense"]
     assert [row["layer"] for row in story["layers"]] == ["0", "2", "4"]
+    # one meaning of "kept": the demo's rounds, prune's survivors and the sparse layers agree
+    survivors = [int(s.sum()) for _, _, s in prune.prunable_weights(pruned)]
+    assert [m.nnz for m in layers] == survivors
+    assert story["rounds"][-1]["remaining"] == sum(survivors) / sum(m.weight.numel() for m in layers)
 
 
 def test_story_speed_table_and_plot(story):
