@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(model, args.out)
         print(f"saved to {args.out}")
         return 0
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, RuntimeError, OSError) as e:  # RuntimeError: e.g. an LQK_BACKEND that cannot run
         parser.exit(2, f"lqkernels {args.command}: error: {e}\n")
 
 

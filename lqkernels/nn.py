@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lqkernels import _backend, _ops, ops
+from lqkernels._checks import in_user_terms, user_terms
 
 __all__ = ["SparseLinear", "FORMATS", "pack_weight"]
 
@@ -76,7 +77,7 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
         return {"values": w[mask], "row_offsets": _row_offsets(_kept_per_row(w, mask)), "bitmap": _pack_bits(mask)}
     if format == "csr16":
         if w.shape[1] > 65536:
-            raise ValueError(f"format 'csr16' addresses at most 65536 in_features, got {w.shape[1]}")
+            raise ValueError(f"pack_weight: format 'csr16' addresses at most 65536 in_features, got {w.shape[1]}")
         cols = mask.nonzero()[:, 1]
         return {"values": w[mask], "row_offsets": _row_offsets(_kept_per_row(w, mask)),
                 "columns": torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16)}
@@ -92,7 +93,7 @@ def pack_weight(weight: torch.Tensor, mask: torch.Tensor, format: str) -> dict[s
                 "block_mask": _pack_bits(tile_mask[kept]).squeeze(-1)}
     if format == "dense":
         return {"values": (w * mask).contiguous(), "bitmap": _pack_bits(mask)}
-    raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+    raise ValueError(f"pack_weight: unknown format {format!r}; choose one of {FORMATS}")
 
 
 # ---- the cost model behind format="auto" ----------------------------------------------------
@@ -226,9 +227,10 @@ class SparseLinear(nn.Linear):
                  *, format: str = "bitmap", backend: str | None = None) -> None:
         """An empty layer (every weight pruned) in `format`; load_state_dict fills it."""
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate and initialise a dense weight
-        weight = torch.zeros(out_features, in_features, device=device, dtype=dtype)
-        self._setup(weight, torch.zeros_like(weight, dtype=torch.bool),
-                    weight.new_zeros(out_features) if bias else None, format, backend)
+        with user_terms("SparseLinear"):
+            weight = torch.zeros(out_features, in_features, device=device, dtype=dtype)
+            self._setup(weight, torch.zeros_like(weight, dtype=torch.bool),
+                        weight.new_zeros(out_features) if bias else None, format, backend)
 
     def _setup(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, format: str,
                backend: str | None) -> None:
@@ -263,23 +265,25 @@ class SparseLinear(nn.Linear):
         `weight_mask` (torch.nn.utils.prune) if it has one, else `weight != 0`. format: one of
         FORMATS or "auto". A mask of another shape, dtype or device raises ValueError / TypeError.
         """
+        op = "SparseLinear.from_linear"
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
+            raise TypeError(f"{op}: linear must be an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
         if mask is None:
             mask = getattr(linear, "weight_mask", None)
             mask = weight != 0 if mask is None else mask.detach() != 0
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+            raise TypeError(f"{op}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
         if mask.shape != weight.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
+            raise ValueError(f"{op}: mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
         if mask.device != weight.device:
-            raise ValueError(f"mask is on {mask.device} but the weight is on {weight.device}")
+            raise ValueError(f"{op}: mask is on {mask.device} but the weight is on {weight.device}")
         if format not in FORMATS + ("auto",):
-            raise ValueError(f"unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+            raise ValueError(f"{op}: unknown format {format!r}; choose one of {FORMATS} or 'auto'")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        layer._setup(weight, mask, linear.bias, format, backend)
+        with user_terms(op):
+            layer._setup(weight, mask, linear.bias, format, backend)
         return layer
 
     from_dense = from_linear
@@ -343,7 +347,8 @@ class SparseLinear(nn.Linear):
         """The backend serving a call with `batch` rows ("dense" when the dense product runs)."""
         if self._dense_path(batch):
             return "dense"
-        return _backend.resolve(_OP_OF_FORMAT[self.format], self.backend, self.values.device)
+        with user_terms("SparseLinear"):
+            return _backend.resolve(_OP_OF_FORMAT[self.format], self.backend, self.values.device)
 
     def extra_repr(self) -> str:
         dense_bytes = self.out_features * self.in_features * self.values.element_size()
@@ -398,9 +403,12 @@ class SparseLinear(nn.Linear):
             y = F.linear(x2d, weight, self.bias)
         else:
             op = _OP_OF_FORMAT[self.format]
-            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, values.device))
             extra = (self.out_features,) if self.format == "bsr" else ()
-            y = kernel(x2d, values, *self._index(), self.bias, *extra)
+            try:  # not user_terms: a try block costs nothing per call until it raises
+                kernel = _backend.kernel(op, _backend.resolve(op, self.backend, values.device))
+                y = kernel(x2d, values, *self._index(), self.bias, *extra)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise in_user_terms(error, "SparseLinear") from None
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     # ---- state_dict: the compressed form, loaded back exactly ----

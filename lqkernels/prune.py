@@ -53,6 +53,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from lqkernels import ops, theory
+from lqkernels._checks import user_terms
 from lqkernels.theory import check_eta, check_number, check_pq
 
 __all__ = ["compressibility", "CompressibilityReport", "sap", "lq_neuron", "magnitude", "iterative",
@@ -371,7 +372,8 @@ def _check_beta_gamma(gamma, beta, op: str) -> tuple[float, float]:
 
 def _prune(model, include, rule, scope, op) -> nn.Module:
     targets = _targets(model, include, op)
-    masks = _select(targets, rule, scope)
+    with user_terms(op):  # e.g. NaN weights, or an LQK_BACKEND that cannot run here
+        masks = _select(targets, rule, scope)
     _apply_masks(model, targets, masks)
     return model
 
@@ -551,6 +553,12 @@ def compressibility(model: nn.Module, *, q: float = 0.5, p: float = 0.5, pq: flo
                                         input_bound=input_bound, input_norm=input_norm)
         settings["tolerance"] = float(tolerance)
     targets = _targets(model, include, op)
+    with user_terms(op):
+        return _measure(targets, settings, scope, tolerance)
+
+
+def _measure(targets: list[_Target], settings: dict, scope: str, tolerance) -> CompressibilityReport:
+    """compressibility()'s rows for `targets`, its arguments already checked."""
     report = CompressibilityReport(settings, neurons=[] if scope == "neuron" else None)
     for t in targets:
         report.layers.append(_measure_row(t.weight, t.survivors, settings, dim=None,

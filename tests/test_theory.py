@@ -148,8 +148,12 @@ def test_certify_bounds_actual_output_change(input_norm):
         change = (dense(x) - net(x)).abs().amax(1) if input_norm == "inf" else (dense(x) - net(x)).norm(dim=1)
     assert change.max().item() <= cert.bound
     assert [layer["name"] for layer in cert.layers] == ["0", "2", "4"]
-    unpruned = theory.certify(dense, input_bound=2.0, input_norm=input_norm)
-    assert unpruned.bound == 0 and unpruned.sterm_bound == 0
+    with pytest.warns(UserWarning, match="certify: nothing is pruned: the model has no pruning masks"):
+        unpruned = theory.certify(dense, input_bound=2.0, input_norm=input_norm)
+    assert unpruned.bound == 0 and unpruned.sterm_bound == 0 and unpruned.pruned == 0
+    assert cert.pruned == sum(int((m.weight_mask == 0).sum()) for m in net if isinstance(m, nn.Linear))
+    with pytest.warns(UserWarning, match="nothing is pruned: the masks given keep every weight"):
+        theory.certify(dense, {"0": torch.ones(32, 8, dtype=torch.bool)}, 2.0, input_norm=input_norm)
     explicit = theory.certify(dense, {"0": net[0].weight_mask.bool(), "2.weight": net[2].weight_mask.bool(),
                                       "4": net[4].weight_mask.bool()}, 2.0, input_norm=input_norm)
     assert explicit.bound == pytest.approx(cert.bound, rel=1e-12)
