@@ -55,7 +55,9 @@ def test_report_from_factory(capsys, tmp_path):
 def test_prune_then_report_checkpoint(method, extra, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
     assert cli.main(["prune", "cli_models:tiny_mlp", "--method", method, *extra, "--out", str(out)]) == 0
-    assert "saved to" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert f"wrote {out}" in out_text and "left alone" not in out_text
+    assert "0.weight" in out_text and "kept before" in out_text and "all weights" in out_text
     model = torch.load(out, weights_only=False)
     assert hasattr(model[0], "weight_mask") and model[0].weight_mask.sum() < model[0].weight_mask.numel()
     torch_prune.remove(model[0], "weight")  # still ordinary torch.nn.utils.prune state
