@@ -126,3 +126,25 @@ def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_story_prints_the_machine_its_timings_depend_on(story, capsys):
+    machine = story["machine"]
+    assert f"torch {torch.__version__}" in machine and torch.backends.cpu.get_cpu_capability() in machine
+    assert "CPUs timed" in machine and "GPU:" in machine
+
+
+def test_story_plot_panels_and_legends_off_the_data(story):
+    from lqkernels.demo import story_figure
+
+    fig = story_figure(story["rounds"], story["speed"], story["dense_accuracy"], story["layers"], story["machine"])
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    axes = fig.axes
+    assert [ax.get_title().split(".")[0] for ax in axes] == ["1", "2", "3", "4"]
+    assert axes[1].get_yscale() == "log" and {"certified bound (theory.certify)", "measured: max ||output change||_2"} \
+        <= {t.get_text() for t in axes[1].get_legend().get_texts()}
+    assert any(line.get_ydata()[0] == 1.0 for line in axes[3].get_lines())  # the 1x line
+    for ax in axes:  # every legend lies outside every panel's data area
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not any(legend.overlaps(other.get_window_extent(renderer)) for other in axes), ax.get_title()
