@@ -330,15 +330,20 @@ def story_figure(rounds: list[dict], speed: list[dict], dense_accuracy: float | 
     acc.set_xlabel("round (weights left after it)")
     legend_below(acc, -0.24)
 
-    cert.plot(steps, [r["change"] for r in rounds], "o-", label="measured: max ||output change||_2")
+    def positive(key):  # a log axis has no 0: a step that pruned nothing is named under its tick
+        return [r[key] if r[key] > 0 else math.nan for r in rounds]
+
+    cert.plot(steps, positive("change"), "o-", label="measured: max ||output change||_2")
     if all(r["bound"] is not None for r in rounds):
-        cert.plot(steps, [r["bound"] for r in rounds], "s--", label="certified bound (theory.certify)")
-        cert.plot(steps, [r["sterm_bound"] for r in rounds], "^:", label="s-term bound (l_q norms only)")
+        cert.plot(steps, positive("bound"), "s--", label="certified bound (theory.certify)")
+        cert.plot(steps, positive("sterm_bound"), "^:", label="s-term bound (l_q norms only)")
         cert.set_title("2. What each step may change vs what it changed")
     else:
         cert.set_title("2. Output change of each step (no certificate for this model)")
-    cert.set(yscale="log", xlabel="round", ylabel="output change (log)", xticks=steps)
-    legend_below(cert)
+    cert.set(yscale="log", xlabel="round", ylabel="output change (log)")
+    cert.set_xticks(steps, [f"{r['round']}" if r["change"] > 0 or (r["bound"] or 0) > 0 else
+                            f"{r['round']}\nnothing pruned" for r in rounds])
+    legend_below(cert, -0.24)
 
     names = [row["layer"] for row in layers] + ["whole model"]
     dense_bytes = [row["dense_bytes"] for row in layers]
@@ -515,6 +520,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m lqkernels.demo") 
     print(format_table([("layer", "layer", "{}"), ("shape", "shape", "{}"), ("kept", "kept", "{:.1%}"),
                         ("format", "format", "{}"), ("bytes as nn.Linear", "dense_bytes", "{:,}"),
                         ("bytes", "nbytes", "{:,}"), ("ratio", "ratio", "{:.3f}")], layers))
+    for row in sparse.sparsify_report.swapped:
+        if row["why"]:
+            print(f"   layer {row['layer']} stored dense: {row['why']}")
     print(f"   whole model: {model_bytes['dense']:,} bytes dense, {model_bytes['sparse']:,} sparse ({size:.2f}x)")
 
     with _threads(args.threads):

@@ -72,8 +72,8 @@ CASES = [
     ("s_term_bound", TypeError, lambda: theory.s_term_bound(w46.long(), 2)),
     ("allocate_two_layer", TypeError, lambda: theory.allocate_two_layer(torch.ones(4), w46, 3, mask=w46)),
 ]
-# The same through the LQK_BACKEND variable: deeper layers resolve the backend, the public name
-# shows. (public name, what to build before the variable is set, the call on it)
+# The same through the LQK_BACKEND variable (CPU tensors: 'cuda' fails with or without a GPU):
+# deeper layers resolve the backend, the public name shows. (public name, what to build before the variable is set, the call on it)
 BACKEND_CASES = [
     ("sap", _mlp, prune.sap),
     ("magnitude", _mlp, lambda model: prune.magnitude(model, 0.5)),
@@ -97,7 +97,6 @@ def test_errors_name_the_public_function(public, kind, call):
     _check_message(str(error.value), public)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="LQK_BACKEND=cuda runs there")
 @pytest.mark.parametrize("public, make, call", BACKEND_CASES, ids=[c[0] for c in BACKEND_CASES])
 def test_errors_through_lqk_backend_name_the_public_function(public, make, call, monkeypatch):
     argument = make()
@@ -114,8 +113,7 @@ def test_cli_errors_name_the_function_and_exit_2(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.main(["report", "cli_models:tiny_mlp"])
     message = capsys.readouterr().err.split("error: ", 1)[1]
-    assert e.value.code == 2 and not message.startswith(KERNEL_OPS)
-    assert message.startswith("compressibility: ") or torch.cuda.is_available()
+    assert e.value.code == 2 and message.startswith("compressibility: ")
 
 
 def test_in_user_terms_keeps_type_detail_and_other_public_names():
