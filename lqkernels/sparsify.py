@@ -16,7 +16,8 @@ from typing import Callable
 
 from torch import nn
 
-from lqkernels.nn import MIN_SPARSE_WEIGHTS, SparseLinear
+from lqkernels._checks import user_terms
+from lqkernels.nn import FORMATS, MIN_SPARSE_WEIGHTS, SparseLinear
 from lqkernels.prune import format_table
 
 __all__ = ["sparsify_", "densify_", "SparsifyReport"]
@@ -91,6 +92,8 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | No
     model). SparseLinear layers are left as they are; `format` must be one of
     lqkernels.nn.FORMATS or "auto" (else ValueError).
     """
+    if format not in FORMATS + ("auto",):  # checked before any layer is swapped
+        raise ValueError(f"sparsify_: unknown format {format!r}; choose one of {FORMATS} or 'auto'")
     report = SparsifyReport()
     for fqn, module in list(model.named_modules()):
         why = _why_left_alone(module, fqn, filter_fn)
@@ -98,7 +101,8 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | No
             if why:
                 report.left_alone.append({"layer": fqn or "(model)", "module": type(module).__name__, "why": why})
             continue
-        layer = SparseLinear.from_linear(module, format=format, backend=backend)
+        with user_terms("sparsify_"):
+            layer = SparseLinear.from_linear(module, format=format, backend=backend)
         model = _replace(model, fqn, layer)
         report.swapped.append({"layer": fqn or "(model)", "shape": f"{layer.out_features}x{layer.in_features}",
                                "kept": 1 - layer.sparsity, "format": layer.format,

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import lqkernels
 from lqkernels import cli, ops, prune, theory
 from lqkernels._backend import REFERENCES
 from lqkernels._checks import in_user_terms
@@ -62,6 +63,7 @@ CASES = [
     ("SparseLinear.from_linear", ValueError, lambda: SparseLinear.from_linear(nn.Linear(3, 2), format="coo")),
     ("SparseLinear.from_linear", TypeError, lambda: SparseLinear.from_linear(nn.Conv1d(3, 2, 1))),
     ("SparseLinear", ValueError, lambda: SparseLinear(3, 2, format="coo")),
+    ("sparsify_", ValueError, lambda: lqkernels.sparsify_(prune.magnitude(_mlp(), 0.5), format="coo")),
     ("sap", ValueError, lambda: prune.sap(_mlp(nan=True))),
     ("magnitude", ValueError, lambda: prune.magnitude(_mlp(nan=True), 0.5, scope="global")),
     ("lq_neuron", ValueError, lambda: prune.lq_neuron(_mlp(), q=2.0)),
