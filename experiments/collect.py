@@ -11,7 +11,7 @@ from common import ROOT, STUDIES  # noqa: E402
 HEAD = """# Reproducing the papers' numerical studies
 
 Written by `make studies` (one script per study in `experiments/`, fixed seeds, 2 CPU cores).
-Each section states the claim of `../shared/docs/paper.md` §4 it tests, what we measured, and where we
+Each section states the claim of `docs/method.md` §4 it tests, what we measured, and where we
 differ. Kernel speed claims live in `benchmarks/RESULTS.md`.
 """
 

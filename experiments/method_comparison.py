@@ -3,7 +3,7 @@ validation checkpoint, one prune–retrain run per method through lqkernels.prun
 validation-based choice of a round, and the plots.
 
 Every method starts from the same initialisation and rewinds to it after each pruning step
-(paper.md §3: SAP's Algorithm 1 and the lottery ticket both rewind), so round 0 is the same
+(method.md §3: SAP's Algorithm 1 and the lottery ticket both rewind), so round 0 is the same
 dense model for all of them and the curves differ only by which weights each rule removes.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def r_squared(pred: torch.Tensor, target: torch.Tensor) -> float:
 def trainer(task: Task, *, epochs: int, batch_size: int, lr: float, seed: int) -> Callable[[nn.Module], None]:
     """train_fn for prune.iterative: minibatch Adam from the model's current (rewound) weights, then
     the epoch with the lowest validation loss is put back (early stopping chosen on validation, never
-    on test: the pitfall paper.md §5 names). The optimizer is made per call, as iterative()
+    on test: the pitfall method.md §5 names). The optimizer is made per call, as iterative()
     asks, and the shuffling restarts from `seed` so every round trains on the same batch order."""
     def train_fn(model: nn.Module) -> None:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -1,7 +1,7 @@
 """Study 1: PQ Index and the other sparsity indices on the Hurley–Rickard vectors and properties.
 
 Evaluates lqkernels.ops (pq_index, sparsity_index, hoyer, gini, lq_norm) on the test vectors of
-paper.md §1 against a float64 NumPy implementation written from the formulas, then checks the six
+method.md §1 against a float64 NumPy implementation written from the formulas, then checks the six
 Hurley–Rickard sparsity properties for each index numerically: the paper's worked example of each
 property plus random trials (random lengths, some zero entries), all through lqkernels.ops.
 
@@ -30,7 +30,7 @@ SEED = 1
 LQ = 0.5  # the q of the ℓq norm and of SI_q ([T] works with 0 < q < 1)
 
 
-# ---- float64 NumPy reference, straight from paper.md §1 --------------------------------------
+# ---- float64 NumPy reference, straight from method.md §1 --------------------------------------
 def power_mean(c: np.ndarray, r: float) -> float:
     return float(np.mean(c ** r) ** (1 / r))
 
@@ -78,7 +78,7 @@ INDICES = {
     f"ℓ{LQ} norm": (scalar(lambda x: ops.lq_norm(x, LQ)), lambda w: np_lq_norm(w, LQ), -1),
 }
 
-# The Hurley–Rickard vectors of paper.md §1 with the I_{0.5,1} values it quotes.
+# The Hurley–Rickard vectors of method.md §1 with the I_{0.5,1} values it quotes.
 HR_VECTORS = [
     ("[0,1,3,5]", [0, 1, 3, 5], 0.31438),
     ("[0,2,3,4] (Robin Hood)", [0, 2, 3, 4], 0.26430),
@@ -146,7 +146,7 @@ def babies(rng):
     return c, np.concatenate([c, np.zeros(rng.integers(1, 5))]), ">"
 
 
-# name -> (random trial, the worked example from paper.md §1 or, for Bill Gates, our own)
+# name -> (random trial, the worked example from method.md §1 or, for Bill Gates, our own)
 PROPERTIES = {
     "Robin Hood": (robin_hood, ([0, 1, 3, 5], [0, 2, 3, 4], "<")),
     "scaling": (scaling, ([0, 1, 3, 5], [0, 2, 6, 10], "=")),
@@ -207,7 +207,7 @@ def figure(passed: dict, total: int):
     ax2.bar(x, [1e5 * (INDICES["PQI(0.5,1)"][0](w) - quoted) for _, w, quoted in HR_VECTORS])
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax2.set_ylabel("definition − paper.md quoted  (×1e-5)")
+    ax2.set_ylabel("definition − method.md quoted  (×1e-5)")
     ax2.set_title("I_{0.5,1} on the Hurley–Rickard vectors")
     fig.tight_layout()
     return fig
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
     pqi = {label: INDICES["PQI(0.5,1)"][0](w) for label, w, _ in HR_VECTORS}
 
     value_table = markdown_table(values, ["vector", *INDICES])
-    quoted = markdown_table([{"vector": label, "paper.md": f"{q:.5f}", "definition (lqkernels)": f"{pqi[label]:.6f}",
+    quoted = markdown_table([{"vector": label, "method.md": f"{q:.5f}", "definition (lqkernels)": f"{pqi[label]:.6f}",
                               "NumPy float64": f"{np_pq_index(np.asarray(w, float), 0.5, 1.0):.6f}"}
                              for label, w, q in HR_VECTORS])
     props = list(PROPERTIES)
@@ -240,14 +240,14 @@ def main(argv=None) -> dict:
 
     markdown = f"""## Study 1: PQ Index and other sparsity indices on the Hurley–Rickard properties
 
-**Claim tested** (paper.md §1, from [S]): PQI satisfies all six Hurley–Rickard sparsity properties
+**Claim tested** (method.md §1, from [S]): PQI satisfies all six Hurley–Rickard sparsity properties
 (Robin Hood, scaling, rising tide, cloning, Bill Gates, babies), with I_{{0.5,1}} values
 [0,1,3,5] → 0.31438, [0,2,3,4] → 0.26430, [1,3,5] → 0.08579, [1.5,3.5,5.5] → 0.06032, and the
 cloned and scaled [0,1,3,5] unchanged.
 
 **Method.** Every index through `lqkernels.ops` on float64 tensors (PQI with (p, q) = (0.5, 1) and
 (1, 2), SI_{LQ}, Hoyer, Gini, the ℓ{LQ} quasi-norm), against a float64 NumPy implementation written
-from the formulas of paper.md §1. Each property is checked on the paper's worked example plus
+from the formulas of method.md §1. Each property is checked on the paper's worked example plus
 {trials} random vectors (length 3–20, exponential magnitudes, ~20% zeros; seed {SEED}): a change
 must be strict ('<' or '>' by more than 1e-9 relative) or an equality within 1e-9. For the ℓq norm
 smaller means sparser, so its sign is flipped. Bill Gates (P1: beyond some β_i, growing c_i only
@@ -259,7 +259,7 @@ adds sparsity) is tested with β = 10·‖c‖_1 and the worked example [1,3,50]
 
 Largest relative difference from the NumPy float64 reference over this table: {worst:.1e}.
 
-### I_{{0.5,1}}: paper.md's quoted values vs the definition
+### I_{{0.5,1}}: method.md's quoted values vs the definition
 
 {quoted}
 
@@ -285,7 +285,7 @@ Largest relative difference from the NumPy float64 reference over this table: {w
 
 ### Where we differ
 
-paper.md's quoted values are good to about 1e-4 only: the definition I_{{0.5,1}} = 1 − M_0.5/M_1
+method.md's quoted values are good to about 1e-4 only: the definition I_{{0.5,1}} = 1 − M_0.5/M_1
 gives {pqi["[0,2,3,4] (Robin Hood)"]:.6f} for [0,2,3,4] (quoted 0.26430), {pqi["[1,3,5]"]:.6f} for
 [1,3,5] (quoted 0.08579) and {pqi["[1.5,3.5,5.5] (rising tide)"]:.6f} for [1.5,3.5,5.5] (quoted
 0.06032); lqkernels and the independent NumPy code agree on these to float64 rounding, so we report

@@ -151,10 +151,10 @@ def main(argv=None) -> dict:
 
     markdown = f"""## Study 2: Theorem 2 tightness (true minimal keep count vs the PQI bound)
 
-**Claim tested** (paper.md §2, [S] Theorem 2): let M_r hold the r largest |w_i| and η_r be the
+**Claim tested** (method.md §2, [S] Theorem 2): let M_r hold the r largest |w_i| and η_r be the
 smallest number with Σ_{{i∉M_r}}|w_i|^p ≤ η_r·Σ_{{i∈M_r}}|w_i|^p; then
 r ≥ d·(1+η_r)^{{−q/(q−p)}}·(1 − I_{{p,q}}(w))^{{qp/(q−p)}}. The bound must never exceed the true minimal r.
-SAP (paper.md §3) keeps r = ceil(bound) weights per round, so how close the bound is to the
+SAP (method.md §3) keeps r = ceil(bound) weights per round, so how close the bound is to the
 true count decides how much SAP prunes relative to a fixed ℓp-tail tolerance η.
 
 **Method.** {len(DISTRIBUTIONS)} distributions × d ∈ {{{", ".join(f"{d:.0e}" for d in sizes)}}} × {seeds} seeds
@@ -187,11 +187,11 @@ Cells are means over seeds.
   [{met[(1.0, 2.0)].min():.2f}, {met[(1.0, 2.0)].max():.2f}] for (1, 2) (d = {sizes[-1]:.0e}), whatever η was asked. SAP keeps exactly this
   count, so its pruning is not an η-tolerance guarantee: the bound is necessary, not sufficient.
 - (1, 2) keeps fewer than (0.5, 1) in {sum(fewer)} of {len(fewer)} (vector, η) pairs, consistent with
-  paper.md §4, where SAP(1, 2) prunes more aggressively and collapses.
+  method.md §4, where SAP(1, 2) prunes more aggressively and collapses.
 
 ### Where we differ
 
-Nothing in the theorem is contradicted. paper.md states the bound for the η_r of a given r; we
+Nothing in the theorem is contradicted. method.md states the bound for the η_r of a given r; we
 evaluate it at a target η, which is equivalent because the bound decreases in η: any r with
 η_r ≤ η satisfies r ≥ bound(η_r) ≥ bound(η). All computations are float64; with float32 weights
 `pqi_keep_count` absorbs rounding by a 1e-6 relative slack (lqkernels.theory), which these

@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
 
     markdown = f"""## Study 3: the s-term approximation rate
 
-**Claim tested** (paper.md §2 and §5.3): for 0 < q < 2 the best s-term approximation satisfies
+**Claim tested** (method.md §2 and §5.3): for 0 < q < 2 the best s-term approximation satisfies
 ‖w − w_s‖_2 ≤ s^{{1/2 − 1/q}}·‖w‖_q (the constant is 1), and for power-law magnitudes the log-log
 slope of ‖w − w_s‖_2 against s tends to 1/2 − 1/q. [T] uses this rate to turn a small ‖w‖_q
 into few kept weights per neuron.

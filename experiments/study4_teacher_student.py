@@ -1,5 +1,5 @@
 """Study 4: teacher–student. A sparse teacher MLP labels Gaussian inputs; a wider student is trained
-and pruned round by round by each method of method_comparison.METHODS (paper.md §5, item 4).
+and pruned round by round by each method of method_comparison.METHODS (method.md §5, item 4).
 
     .venv/bin/python experiments/study4_teacher_student.py [--quick] [--out DIR]
 """
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     adaptive_floor = min(100 * histories[label].rounds[-1]["remaining_total"] for label in ("lq neuron", "SAP layer"))
     markdown = f"""## Study 4: teacher–student, neuron-wise ℓq rule and SAP vs lottery ticket and one shot
 
-**Claims tested** (paper.md §4): neuron-wise and layer-wise SAP dominate one shot (OS) and the
+**Claims tested** (method.md §4): neuron-wise and layer-wise SAP dominate one shot (OS) and the
 lottery ticket (LT) at high sparsity; SAP(0.5, 1) keeps 1 − PQI of the weights in its first round;
 PQI along prune–retrain rounds first falls, then rises, and a PQI minimum followed by a rise
 signals the compression limit.

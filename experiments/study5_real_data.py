@@ -1,7 +1,7 @@
 """Study 5: real data shipped with scikit-learn (no downloads). An MLP on digits (classification)
 and on diabetes (regression, the offline stand-in for California Housing) is pruned round by round
 by each method of method_comparison.METHODS, over several seeds, with rounds and checkpoints chosen
-on a validation split and reported on test (paper.md §5, item 5).
+on a validation split and reported on test (method.md §5, item 5).
 
     .venv/bin/python experiments/study5_real_data.py [--quick] [--out DIR]
 """
@@ -162,7 +162,7 @@ def report(results: dict, references: dict, info: dict) -> str:
     rounds = info["rounds"]
     return f"""## Study 5: real data (digits, diabetes): ℓq rule and SAP vs lottery ticket and one shot
 
-**Claim tested** (paper.md §4): neuron-wise and layer-wise SAP dominate one shot (OS) and the
+**Claim tested** (method.md §4): neuron-wise and layer-wise SAP dominate one shot (OS) and the
 lottery ticket (LT) at high sparsity; [T] reportedly pruned an MLP on California Housing with
 one-shot and neuron-wise pruning. California Housing needs a download, so scikit-learn's bundled
 diabetes regression data (442 patients, 10 features) is our offline stand-in.

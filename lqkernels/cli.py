@@ -9,12 +9,16 @@ return an nn.Module) or a checkpoint path written by torch.save(model) (a whole 
 load only files you trust). `--weights FILE` loads a state_dict into the model first.
 `prune --out FILE` saves the whole pruned module with torch.save (masks as torch.nn.utils.prune
 leaves them: weight_orig, weight_mask, hooks); `--remove` makes pruning permanent first
-(prune.remove: plain weights with zeros). Exit status 2 on bad arguments, with the message.
+(prune.remove: plain weights with zeros). `prune` prints the step's record (weights touched, their
+survivors before and after, weights left alone and why); every file written is confirmed with
+`wrote FILE`. Exit status 2 on bad arguments, with the message.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 
@@ -63,10 +67,28 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def _printing_logs():
+    """Prints lqkernels' INFO records (what a pruning step touched) to stdout inside the block."""
+    logger = logging.getLogger("lqkernels")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed here, not a second time by the root logger's handlers
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lqkernels", description="ℓq compressibility reports and adaptive (ℓq / PQI) pruning of a "
-        "PyTorch model (docs/paper.md). MODEL: package.module:factory or a torch.save'd module file.",
+        "PyTorch model (docs/method.md). MODEL: package.module:factory or a torch.save'd module file.",
         epilog="examples:\n  lqkernels report mypkg.models:make_mlp --scope neuron\n"
                "  lqkernels prune model.pt --method sap --scope layer --out pruned.pt\n"
                "  lqkernels demo --model mypkg.models:make_mlp",
@@ -145,21 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             print(report)
             if args.csv:
                 report.to_csv(args.csv)
+                print(f"wrote {args.csv} ({len(report.rows())} rows)")
             return 0
-        _prune(model, args)
-        rows = []
-        for name, weight, survivors in prune.prunable_weights(model):
-            left = weight.numel() if survivors is None else int(torch.count_nonzero(survivors))
-            rows.append((name, left, weight.numel()))
-            print(f"{name:<30} {left:>10} / {weight.numel():<10} kept ({100 * left / weight.numel():.2f}%)")
-        total_left, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
-        print(f"{'all weights':<30} {total_left:>10} / {total:<10} kept ({100 * total_left / total:.2f}%)")
+        with _printing_logs():  # the step's own record: weights touched, survivors, weights left alone
+            _prune(model, args)
         if args.remove:
             remove_masks(model)
         torch.save(model, args.out)
-        print(f"saved to {args.out}")
+        print(f"wrote {args.out} (the pruned model{', masks made permanent' if args.remove else ''})")
         return 0
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, RuntimeError, OSError) as e:  # RuntimeError: e.g. an LQK_BACKEND that cannot run
         parser.exit(2, f"lqkernels {args.command}: error: {e}\n")
 
 

@@ -15,7 +15,8 @@ on 2 CPU cores, deterministic seeds) and shows, in order:
   5. the sparse model against the dense (masked) model at several batch sizes: medians of
      interleaved samples under torch.inference_mode, after warm-up, on one thread by default;
      slower is shown as slower;
-  6. a summary, and a plot (accuracy and weights remaining per round, speed-up vs batch) at --plot.
+  6. a summary, and a plot at --plot: accuracy by round, the certified bound against the measured
+     output change, bytes dense vs sparse, and speed-up per batch with the 1x line.
 
 Why γ = 8: SAP's main setting γ = 1 prunes about PQI ≈ 13% of each neuron per round here and less
 as PQI falls (60% of the weights were left after 6 rounds in our runs), far from the sparsity where
@@ -46,9 +47,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lqkernels import prune, theory
+from lqkernels import _backend, prune, theory
 from lqkernels.cli import load_model, remove_masks
-from lqkernels.nn import SparseLinear
+from lqkernels.info import cpu_model
+from lqkernels.nn import LAST_LEVEL_CACHE_BYTES, SparseLinear
 from lqkernels.prune import format_table
 from lqkernels.sparsify import sparsify_
 
@@ -261,45 +263,109 @@ def speed_table(dense: nn.Module, sparse: nn.Module, in_features: int, batches, 
     return rows
 
 
-def save_plot(path: Path, rounds: list[dict], speed: list[dict], dense_accuracy: float | None) -> None:
-    """PNG: per SAP round the accuracy after pruning and after fine-tuning (without data: the
-    measured output change and its certified bound) beside the weights remaining, and the sparse
-    model's speed-up vs batch size (matplotlib's Agg canvas: no display needed)."""
+def machine_info(threads: int) -> dict:
+    """What the speed figures depend on: CPU model, the vector instruction sets lqkernels' CPU
+    kernels and torch's use here (lqkernels: default, avx2, avx512; torch.backends.cpu: DEFAULT,
+    AVX2, AVX512, ...), logical CPUs, the threads used for timing, last-level cache, load average,
+    torch version and GPU."""
+    return {"cpu": cpu_model(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "lqk_isa": _backend.cpu_capability() or "no C++ kernels", "cpus": os.cpu_count(),
+            "threads": threads, "llc_mb": LAST_LEVEL_CACHE_BYTES / 2**20,
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}
+
+
+def machine_line(info: dict) -> str:
+    """machine_info() as one line, printed above every speed table and on the plot."""
+    cache = f", last-level cache {info['llc_mb']:.0f} MB" if info["llc_mb"] else ""
+    load = "" if info["load"] is None else f", load average {info['load']:.1f}"
+    return (f"{info['cpu']} (lqkernels {info['lqk_isa']}, torch {info['isa']}), {info['threads']} of "
+            f"{info['cpus']} CPUs timed{cache}{load}, "
+            f"torch {info['torch']}, GPU: {info['gpu']}")
+
+
+def save_plot(path: Path, rounds: list[dict], speed: list[dict], dense_accuracy: float | None,
+              layers: list[dict], machine: str) -> None:
+    """Writes story_figure(...) as a PNG at `path` (creating its folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    story_figure(rounds, speed, dense_accuracy, layers, machine).savefig(path, dpi=100)
+
+
+def story_figure(rounds: list[dict], speed: list[dict], dense_accuracy: float | None, layers: list[dict],
+                 machine: str):
+    """The story in four panels (a matplotlib Figure on the Agg canvas: no display needed): accuracy by SAP
+    round (with the weights left under each round; without data, the weights left), the certified
+    bound against the measured output change of each step (log scale), bytes per layer as
+    nn.Linear and as sparsify_ stored it, and the sparse model's speed-up per batch size with the
+    1x line. Legends sit below their panels, never on the data; the machine line is the footer."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(13, 9.5), layout="constrained")
     FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    (acc, cert), (mem, fast) = fig.subplots(2, 2)
+
+    def legend_below(ax, offset=-0.16):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, offset), ncol=2, frameon=False, fontsize=9)
+
     steps = [r["round"] for r in rounds]
+    ticks = ["0\ndense"] + [f"{t}\n{_pct(r['remaining'])} left" for t, r in zip(steps, rounds)]
     if dense_accuracy is not None:
-        left.plot([0] + steps, [100 * dense_accuracy] + [100 * r["acc_tuned"] for r in rounds], "o-",
-                  label="after fine-tuning (round 0: dense)")
-        left.plot(steps, [100 * r["acc_pruned"] for r in rounds], "x--", label="right after pruning")
-        left.set(ylabel="validation accuracy (%)", title="SAP rounds")
+        acc.plot([0] + steps, [100 * dense_accuracy] + [100 * r["acc_tuned"] for r in rounds], "o-",
+                 label="after fine-tuning (round 0: dense)")
+        acc.plot(steps, [100 * r["acc_pruned"] for r in rounds], "x--", label="right after pruning")
+        acc.set(ylabel="validation accuracy (%)", title="1. Accuracy by SAP round")
     else:
-        left.plot(steps, [r["change"] for r in rounds], "o-", label="measured max ||output change||_2")
-        if all(r["bound"] is not None for r in rounds):
-            left.plot(steps, [r["bound"] for r in rounds], "x--", label="certified bound")
-        left.set(yscale="log", ylabel="output change of the step", title="SAP rounds (random inputs)")
-    left.set(xlabel="round", xticks=[0] + steps)
-    left.legend()
-    remaining = left.twinx()
-    remaining.bar([0] + steps, [100] + [100 * r["remaining"] for r in rounds], width=0.3, color="gray", alpha=0.25)
-    remaining.set(ylabel="weights remaining (%, gray bars)", ylim=(0, 105))
-    left.set_zorder(remaining.get_zorder() + 1)  # lines and legend above the bars
-    left.patch.set_visible(False)
+        acc.plot([0] + steps, [100] + [100 * r["remaining"] for r in rounds], "o-", label="weights left")
+        acc.set(ylabel="prunable weights left (%)", ylim=(0, 105), title="1. Weights left by SAP round (no data: no accuracy)")
+    acc.set_xticks([0] + steps, ticks)
+    acc.set_xlabel("round (weights left after it)")
+    legend_below(acc, -0.24)
+
+    def positive(key):  # a log axis has no 0: a step that pruned nothing is named under its tick
+        return [r[key] if r[key] > 0 else math.nan for r in rounds]
+
+    cert.plot(steps, positive("change"), "o-", label="measured: max ||output change||_2")
+    if all(r["bound"] is not None for r in rounds):
+        cert.plot(steps, positive("bound"), "s--", label="certified bound (theory.certify)")
+        cert.plot(steps, positive("sterm_bound"), "^:", label="s-term bound (l_q norms only)")
+        cert.set_title("2. What each step may change vs what it changed")
+    else:
+        cert.set_title("2. Output change of each step (no certificate for this model)")
+    cert.set(yscale="log", xlabel="round", ylabel="output change (log)")
+    cert.set_xticks(steps, [f"{r['round']}" if r["change"] > 0 or (r["bound"] or 0) > 0 else
+                            f"{r['round']}\nnothing pruned" for r in rounds])
+    legend_below(cert, -0.24)
+
+    names = [row["layer"] for row in layers] + ["whole model"]
+    dense_bytes = [row["dense_bytes"] for row in layers]
+    sparse_bytes = [row["nbytes"] for row in layers]
+    dense_bytes.append(sum(dense_bytes))
+    sparse_bytes.append(sum(sparse_bytes))
+    x = range(len(names))
+    mem.bar([i - 0.2 for i in x], [b / 1e6 for b in dense_bytes], 0.4, color="0.6", label="as nn.Linear (dense)")
+    bars = mem.bar([i + 0.2 for i in x], [b / 1e6 for b in sparse_bytes], 0.4, color="C2", label="after sparsify_")
+    formats = [row["format"] for row in layers] + [f"{sparse_bytes[-1] / dense_bytes[-1]:.2f}x"]
+    mem.bar_label(bars, formats, fontsize=8, padding=2)
+    mem.set_xticks(list(x), names)
+    mem.set(ylabel="MB (weights and bias)", xlabel="layer (label: stored format)", title="3. Bytes, dense vs sparse")
+    mem.set_ylim(0, max(dense_bytes) / 1e6 * 1.15)
+    legend_below(mem)
+
     batches = [r["batch"] for r in speed]
-    right.plot(batches, [r["speedup"] for r in speed], "o-", label="sparsify_(format='auto')")
-    right.axhline(1.0, color="gray", linestyle=":", label="dense (masked) model")
-    right.set(xscale="log", xlabel="batch size", ylabel="speed-up (dense time / sparse time)",
-              title=f"CPU, {speed[0]['threads']} thread(s)")
-    right.legend()
-    for ax in (left, right):
+    fast.plot(batches, [r["speedup"] for r in speed], "o-", color="C3", label="sparsify_(format='auto')")
+    fast.axhline(1.0, color="0.4", linestyle=":", label="1x: as fast as the dense (masked) model")
+    fast.set(xscale="log", xlabel="batch size", ylabel="speed-up (dense time / sparse time)",
+             title=f"4. Speed per batch ({speed[0]['threads']} thread(s); below 1x: slower)")
+    fast.set_xticks(batches, [str(b) for b in batches])
+    fast.minorticks_off()
+    fast.set_ylim(0, max(1.2, max(r["speedup"] for r in speed) * 1.15))
+    legend_below(fast)
+    for ax in (acc, cert, mem, fast):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.suptitle(f"Speed measured on: {machine}", y=0.005, va="bottom", fontsize=8, color="0.3")
+    fig.get_layout_engine().set(h_pad=0.25, rect=(0, 0.03, 1, 0.97))
+    return fig
 
 
 # ---- the story -----------------------------------------------------------------------------------
@@ -399,7 +465,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m lqkernels.demo") 
     """Runs the demo and prints it; returns what it printed as data: report
     (CompressibilityReport), rounds (sap_rounds), dense_accuracy (None with --model), model (the
     pruned model, masks in torch.nn.utils.prune), sparse (its sparsify_'d copy), layers
-    (layer_table), bytes (dense, sparse: whole models), speed (speed_table), plot (its path)."""
+    (layer_table), bytes (dense, sparse: whole models), speed (speed_table), machine (machine_line:
+    what the timings depend on), plot (its path)."""
     parser = _parser(prog)
     args = parser.parse_args(argv)
     if not 0 < args.q < 1:
@@ -445,15 +512,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m lqkernels.demo") 
     print(format_table([("layer", "layer", "{}"), ("shape", "shape", "{}"), ("kept", "kept", "{:.1%}"),
                         ("format", "format", "{}"), ("bytes as nn.Linear", "dense_bytes", "{:,}"),
                         ("bytes", "nbytes", "{:,}"), ("ratio", "ratio", "{:.3f}")], layers))
+    for row in sparse.sparsify_report.swapped:
+        if row["why"]:
+            print(f"   layer {row['layer']} stored dense: {row['why']}")
     print(f"   whole model: {model_bytes['dense']:,} bytes dense, {model_bytes['sparse']:,} sparse ({size:.2f}x)")
 
     with _threads(args.threads):
         speed = speed_table(dense, sparse, x_eval.shape[1], args.batches,
                             repeats=args.repeats, seed=args.seed)
-    load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
-    print(f"\n5. Speed against the dense masked model: CPU, {args.threads} thread(s){load}, torch.inference_mode,\n"
-          f"   median of {args.repeats} interleaved samples after warm-up. path: per layer, the kernel's backend\n"
-          f"   at that batch, or 'dense' where 'auto' runs the dense product")
+    machine = machine_line(machine_info(args.threads))
+    print(f"\n5. Speed against the dense masked model: CPU, torch.inference_mode, median of {args.repeats} "
+          f"interleaved\n   samples after warm-up. path: per layer, the kernel's backend at that batch, or 'dense' "
+          f"where 'auto'\n   runs the dense product. These times depend on the machine (CPU vector width, "
+          f"cache size, load):\n   machine: {machine}")
     print(format_table([("batch", "batch", "{}"), ("path", "paths", "{}"), ("dense ms", "dense_ms", "{:.4f}"),
                         ("sparse ms", "sparse_ms", "{:.4f}"), ("speed-up", "speedup", "{:.2f}x"),
                         ("max |sparse - dense|", "max_diff", "{:.2g}")], speed))
@@ -462,7 +533,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m lqkernels.demo") 
         print(f"   memory: where 'auto' runs the dense product, it keeps a dense copy of W outside training "
               f"(+{cached:,} bytes here, not counted in 4.)")
 
-    save_plot(args.plot, rounds, speed, dense_accuracy)
+    save_plot(args.plot, rounds, speed, dense_accuracy, layers, machine)
     accuracy_text = "" if dense_accuracy is None else (
         f"; accuracy {dense_accuracy:.2%} dense -> {rounds[0]['acc_pruned']:.2%} after the first step -> "
         f"{rounds[-1]['acc_tuned']:.2%} after fine-tuning")
@@ -472,10 +543,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m lqkernels.demo") 
     speed_text = ", ".join(f"batch {r['batch']} {r['speedup']:.2f}x" for r in speed)
     print(f"\n6. Summary: {name}: SAP kept {_pct(rounds[-1]['remaining'])} of the prunable weights in "
           f"{args.rounds} rounds{accuracy_text}{bound_text}.\n   Sparse model: {size:.2f}x the bytes of the "
-          f"dense one; speed-up {speed_text} (below 1x: slower).\n   Plot: {args.plot}. "
+          f"dense one; speed-up {speed_text} (below 1x: slower).\n   Plot: wrote {args.plot}. "
           f"Demo took {time.perf_counter() - start:.1f} s.")
     return {"report": report, "rounds": rounds, "dense_accuracy": dense_accuracy, "model": model,
-            "sparse": sparse, "layers": layers, "bytes": model_bytes, "speed": speed, "plot": args.plot}
+            "sparse": sparse, "layers": layers, "bytes": model_bytes, "speed": speed, "machine": machine,
+            "plot": args.plot}
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("model name"):
+                if line.startswith(("model name", "Model", "Hardware")):  # x86; ARM boards
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass

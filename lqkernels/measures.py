@@ -29,7 +29,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from lqkernels import _backend, _ops
-from lqkernels._checks import check_mask, check_scores
+from lqkernels._checks import check_mask, check_scores, user_terms
 
 __all__ = ["lq_norm", "lq_powsum", "pq_index", "sparsity_index", "hoyer", "gini", "PowSums"]
 
@@ -99,8 +99,9 @@ def _as_rows(x: torch.Tensor, dim: Dim, mask: torch.Tensor | None, op: str):
 def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: str):
     """Per-slice (T_q rows, count, scale, out_shape, keepdim_shape) from one pass over x."""
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
-    chosen = _backend.resolve("row_powsum", backend, x.device)
-    sums, count, scale = _backend.kernel("row_powsum", chosen)(x2d, mask2d, qs)
+    with user_terms(op):
+        chosen = _backend.resolve("row_powsum", backend, x.device)
+        sums, count, scale = _backend.kernel("row_powsum", chosen)(x2d, mask2d, qs)
     # The O(rows) finalize runs in float64: scale^q and T^(1/q) leave float32's range for small q
     # even when the result is representable (‖1e-30 · 1‖_{0.1} over 10^4 entries is 1e10).
     return sums.double(), count, scale.double(), out_shape, keep_shape
@@ -220,6 +221,7 @@ def gini(x: torch.Tensor, dim: Dim = None, *, mask: torch.Tensor | None = None, 
     """
     op = "gini"
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
-    chosen = _backend.resolve("row_gini", backend, x.device)
-    return _shaped(_backend.kernel("row_gini", chosen)(x2d, mask2d), x.dtype, out_shape, keep_shape,
-                   keepdim)
+    with user_terms(op):
+        chosen = _backend.resolve("row_gini", backend, x.device)
+        index = _backend.kernel("row_gini", chosen)(x2d, mask2d)
+    return _shaped(index, x.dtype, out_shape, keep_shape, keepdim)

@@ -1,4 +1,4 @@
-"""Compressibility reports and adaptive pruning: the ℓq rule of [T] and SAP of [S] (docs/paper.md §3).
+"""Compressibility reports and adaptive pruning: the ℓq rule of [T] and SAP of [S] (docs/method.md §3).
 
     report = lqkernels.prune.compressibility(model, scope="neuron")   # str(report), .rows(), .to_csv()
     lqkernels.prune.sap(model, p=0.5, q=1.0, scope="neuron")           # one SAP step on the survivors
@@ -6,11 +6,22 @@
     lqkernels.prune.magnitude(model, 0.5, scope="global")              # the baseline
     history = lqkernels.prune.iterative(model, train_fn, eval_fn, method="sap", rounds=10)
 
-What is pruned: every parameter whose name contains "weight" and has dim > 1 (Linear, Conv1d/2d/3d
-and any module with such a weight, first and last layers included; biases and norm parameters
-never), as in [S]'s released code; `include(module, fqn) -> bool` narrows the set (sparsify_'s
-convention). A parameter shared by several modules (tied weights) is measured once and gets one
-mask in every module that holds it. Frozen parameters are pruned too and stay frozen.
+What is pruned (the same for every step and report): by default the weights of nn.Linear and
+convolution layers (PRUNED_BY_DEFAULT, default_include), first and last layers included, which is
+what users of pruning tools expect; embeddings, norms, attention projections held as plain
+parameters and any other module with a weight of dim > 1 only when `include(module, fqn) -> bool`
+chooses them (include replaces the default; compose with default_include to widen it). Biases and
+1-d weights never. [S]'s released code prunes every parameter named *weight* with dim > 1:
+include=lambda m, fqn: True gives that. A parameter shared by several modules (tied weights) is
+measured once and gets one mask in every module that holds it, and is pruned only when every
+holder is chosen (an LM head tied to its embedding is left alone by default). Frozen parameters are
+pruned too and stay frozen. Every step logs (INFO, logger `lqkernels.prune`) the weights it touched
+with their survivors before and after, and the weights it left alone and why; the CLI prints it.
+
+A weight is kept (a survivor) iff its prune mask is set where it has one, and iff it is nonzero
+where it has none: a model saved after prune.remove (`lqkernels prune --remove`) holds its pruned
+weights as zeros, and every report, count and step here, like sparsify_, sees the same survivors
+with or without the masks.
 
 Masks live in torch.nn.utils.prune: each pruned module holds `weight_orig` (the parameter),
 `weight_mask` (buffer) and a forward pre-hook computing weight = weight_orig * weight_mask, so
@@ -38,6 +49,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -48,14 +60,19 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from lqkernels import ops, theory
+from lqkernels._checks import user_terms
 from lqkernels.theory import check_eta, check_number, check_pq
 
 __all__ = ["compressibility", "CompressibilityReport", "sap", "lq_neuron", "magnitude", "iterative",
-           "History", "prunable_weights", "remaining_fraction", "format_table", "SCOPES", "METHODS"]
+           "History", "prunable_weights", "remaining_fraction", "format_table", "default_include",
+           "PRUNED_BY_DEFAULT", "SCOPES", "METHODS"]
 
 SCOPES = ("neuron", "layer", "global")
+# The modules whose weights every pruning call and report takes when include=None (default_include).
+PRUNED_BY_DEFAULT = (nn.Linear, nn.modules.conv._ConvNd)
 METHODS = ("sap", "lq_neuron", "lt", "os")
 Include = Callable[[nn.Module, str], bool] | None
+_log = logging.getLogger(__name__)
 
 
 # ---- which weights, and their survivors ------------------------------------------------------
@@ -67,7 +84,7 @@ class _Target:
     attr: str
     modules: list
     param: torch.Tensor
-    survivors: torch.Tensor | None  # bool, the param's shape; None = nothing pruned yet
+    survivors: torch.Tensor | None  # bool, the param's shape (see _survivors); None = all kept
 
     @property
     def weight(self) -> torch.Tensor:
@@ -82,12 +99,35 @@ class _Target:
         return self.param.numel() if self.survivors is None else int(torch.count_nonzero(self.survivors))
 
 
-def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
+def _survivors(param: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The kept entries of a weight, the one meaning every report and step uses: where a prune
+    mask exists, its set entries (a kept weight may hold 0); without one, the nonzero entries (a
+    model saved after prune.remove holds its pruned weights as zeros). None: all are kept."""
+    if mask is not None:
+        return mask.detach().bool()  # nonzero = kept; 3x faster than != 0
+    weight = param.detach()
+    return None if bool(weight.all()) else weight != 0
+
+
+def default_include(module: nn.Module, fqn: str) -> bool:
+    """What every pruning call and report takes when include=None: nn.Linear and convolutions
+    (PRUNED_BY_DEFAULT). Compose it to widen the set, e.g.
+    include=lambda m, fqn: prune.default_include(m, fqn) or isinstance(m, nn.Embedding)."""
+    return isinstance(module, PRUNED_BY_DEFAULT)
+
+
+def _scan(model: nn.Module, include: Include, op: str) -> tuple[list[_Target], list[dict]]:
+    """(targets, left_alone): the prunable weights `include` (default: default_include) chooses,
+    and {"name", "module", "why"} for each weight-like parameter (named *weight*, dim > 1) it does
+    not. A parameter held by several modules (tied) is taken only if every holder is chosen: a
+    mask in one holder would leave the others computing with the unpruned values."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{op}: model must be an nn.Module, got {type(model).__name__}")
     if include is not None and not callable(include):
         raise TypeError(f"{op}: include must be a callable include(module, fqn) -> bool, got {include!r}")
+    chooses = default_include if include is None else include
     by_param: dict[int, _Target] = {}
+    left_alone: dict[int, dict] = {}
     for fqn, module in model.named_modules():
         for pname, param in module._parameters.items():
             if param is None:
@@ -95,23 +135,34 @@ def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
             attr = pname[:-5] if pname.endswith("_orig") and hasattr(module, pname[:-5] + "_mask") else pname
             if "weight" not in attr or param.dim() <= 1:
                 continue
-            if include is not None and not include(module, fqn):
+            name = f"{fqn}.{attr}" if fqn else attr
+            if not chooses(module, fqn):
+                why = ("not chosen by include" if include is not None else
+                       f"{type(module).__name__} is not pruned by default (nn.Linear and convolutions are); "
+                       f"pass include= to prune it")
+                left_alone.setdefault(id(param), {"name": name, "module": type(module).__name__, "why": why})
                 continue
-            mask = getattr(module, attr + "_mask", None) if attr != pname else None
-            mask = None if mask is None else mask.detach().bool()  # nonzero = kept; 3x faster than != 0
+            mask = _survivors(param, getattr(module, attr + "_mask", None) if attr != pname else None)
             target = by_param.get(id(param))
             if target is None:
-                name = f"{fqn}.{attr}" if fqn else attr
                 by_param[id(param)] = _Target(name, attr, [module], param, mask)
             else:  # tied: one mask for all holders, the intersection of what each pruned
                 target.modules.append(module)
                 if mask is not None:
                     target.survivors = mask if target.survivors is None else target.survivors & mask
+    for key in by_param.keys() & left_alone.keys():
+        target, other = by_param.pop(key), left_alone[key]
+        left_alone[key] = {"name": target.name, "module": type(target.modules[0]).__name__,
+                           "why": f"tied to {other['name']} ({other['module']}), which is not chosen"}
     if not by_param:
-        chosen = " chosen by include" if include is not None else ""
+        chosen = " chosen by include" if include is not None else " in nn.Linear or convolution layers"
         raise ValueError(f"{op}: the model has no prunable weight{chosen} (parameters named *weight* "
-                         f"with dim > 1)")
-    return list(by_param.values())
+                         f"with dim > 1; include= chooses others)")
+    return list(by_param.values()), list(left_alone.values())
+
+
+def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
+    return _scan(model, include, op)[0]
 
 
 def _kept_fraction(targets: list[_Target]) -> float:
@@ -119,13 +170,15 @@ def _kept_fraction(targets: list[_Target]) -> float:
 
 
 def remaining_fraction(model: nn.Module, include: Include = None) -> float:
-    """The fraction of the prunable weights (tied ones counted once) that their masks still keep."""
+    """The fraction of the prunable weights (tied ones counted once) still kept: mask set where a
+    weight has a prune mask, nonzero where it has none (so the same before and after prune.remove)."""
     return _kept_fraction(_targets(model, include, "remaining_fraction"))
 
 
 def prunable_weights(model: nn.Module, include: Include = None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
     """(name, weight, survivors) of every prunable weight: the dense values (weight_orig once
-    pruned) and the bool survivor mask (None if unpruned). Tied weights appear once."""
+    pruned) and the bool survivor mask (mask set, or nonzero without a mask; None when every entry
+    is kept). Tied weights appear once."""
     return [(t.name, t.weight, t.survivors) for t in _targets(model, include, "prunable_weights")]
 
 
@@ -354,10 +407,37 @@ def _check_beta_gamma(gamma, beta, op: str) -> tuple[float, float]:
 
 
 def _prune(model, include, rule, scope, op) -> nn.Module:
-    targets = _targets(model, include, op)
-    masks = _select(targets, rule, scope)
+    targets, left_alone = _scan(model, include, op)
+    before = _counts_to_log(targets)
+    with user_terms(op):  # e.g. NaN weights, or an LQK_BACKEND that cannot run here
+        masks = _select(targets, rule, scope)
     _apply_masks(model, targets, masks)
+    _log_step(op, targets, before, left_alone)
     return model
+
+
+def _counts_to_log(targets: list[_Target]) -> list[int] | None:
+    """Each target's survivors before a step, if the step's log record will be emitted."""
+    return [t.survivor_count() for t in targets] if _log.isEnabledFor(logging.INFO) else None
+
+
+def _log_step(op: str, targets: list[_Target], before: list[int] | None, left_alone: list[dict]) -> None:
+    """Logs (INFO, logger lqkernels.prune) what a step touched: per weight its module, survivors
+    before and after; then the weights it left alone and why."""
+    if before is None:
+        return
+    rows = [{"layer": t.name, "module": type(t.modules[0]).__name__, "shape": "x".join(map(str, t.param.shape)),
+             "before": b, "kept": t.survivor_count(), "params": t.param.numel()} for t, b in zip(targets, before)]
+    total = {"layer": "all weights", "module": "", "shape": f"{len(rows)} tensors",
+             **{k: sum(r[k] for r in rows) for k in ("before", "kept", "params")}}
+    for row in [*rows, total]:
+        row["pct"] = f"{100 * row['kept'] / max(row['params'], 1):.2f}%"
+    table = format_table([("layer", "layer", "{}"), ("module", "module", "{}"), ("shape", "shape", "{}"),
+                          ("kept before", "before", "{:d}"), ("kept now", "kept", "{:d}"),
+                          ("of", "params", "{:d}"), ("kept", "pct", "{}")], [*rows, total], separate_last=True)
+    lines = [f"{op}: pruned {total['before'] - total['kept']} weights in {len(rows)} tensors", table]
+    lines += [f"left alone: {w['name']} ({w['module']}): {w['why']}" for w in left_alone]
+    _log.info("\n".join(lines))
 
 
 # ---- public pruning steps --------------------------------------------------------------------
@@ -382,7 +462,7 @@ def sap(model: nn.Module, *, p: float = 0.5, q: float = 1.0, eta: float = 0.0, g
 def lq_neuron(model: nn.Module, *, q: float = 0.5, eta: float = 0.0, gamma: float = 1.0,
               beta: float = 0.9, tolerance: float | None = None, lipschitz: float = 1.0,
               input_bound: float = 1.0, input_norm="inf", include: Include = None) -> nn.Module:
-    """The per-neuron ℓq rule ([T]-style; docs/paper.md §3, from the authors' 2022 code).
+    """The per-neuron ℓq rule ([T]-style; docs/method.md §3, from the authors' 2022 code).
 
     For each row i (d_i survivors): k_i = max(1, ceil((1+η)^{−1/(1−q)}·(‖w_i‖_q/‖w_i‖_1)^{q/(1−q)})),
     0 < q < 1, which is SAP's bound with (p, q) = (q, 1); then prune floor(d_i·min(γ(1 − k_i/d_i), β)).
@@ -431,11 +511,13 @@ class CompressibilityReport:
     Keys: layer, shape, params, survivors (d), lq_norm (‖w‖_q), si (SI_q), pqi (I_{p,pq}), hoyer,
     gini, keep_ratio (Theorem 2's keep ratio r/d at η, from pqi), keep_pqi (ceil of Theorem 2's
     bound: fewer weights cannot reach relative ℓp tail η), keep_eps (tolerance given: the s-term
-    count each neuron needs for output error ≤ tolerance, summed over neurons — a sufficient count)."""
+    count each neuron needs for output error ≤ tolerance, summed over neurons — a sufficient count).
+    `left_alone`: the weight-like parameters outside the scope (see default_include), and why."""
     settings: dict
     layers: list = field(default_factory=list)
     total: dict = field(default_factory=dict)
     neurons: list | None = None
+    left_alone: list = field(default_factory=list)  # {"name", "module", "why"} of weights not measured
 
     def rows(self) -> list[dict]:
         """Layer rows, the total row ('all weights'), then neuron rows if any; each has 'scope'."""
@@ -464,6 +546,7 @@ class CompressibilityReport:
         if s["tolerance"] is not None:
             columns.append(("keep (eps)", "keep_eps", "{:d}"))
         parts = [head, format_table(columns, [*self.layers, self.total], separate_last=True)]
+        parts += [f"not measured: {w['name']} ({w['module']}): {w['why']}" for w in self.left_alone]
         if self.neurons:
             summary = _neuron_summary(self.layers, self.neurons)
             parts += ["", "Per neuron (over rows: PQI min / mean / max; keep counts summed):",
@@ -511,7 +594,7 @@ def compressibility(model: nn.Module, *, q: float = 0.5, p: float = 0.5, pq: flo
                     scope: str = "layer", include: Include = None, eta: float = 0.0,
                     tolerance: float | None = None, lipschitz: float = 1.0, input_bound: float = 1.0,
                     input_norm="inf") -> CompressibilityReport:
-    """How compressible is each prunable weight? ([T]'s ℓq view and [S]'s PQI, docs/paper.md §1-2.)
+    """How compressible is each prunable weight? ([T]'s ℓq view and [S]'s PQI, docs/method.md §1-2.)
 
     Per weight (survivors of any existing prune mask only): shape, params, survivors, ‖w‖_q, SI_q,
     PQ Index I_{p,pq}, Hoyer, Gini, Theorem 2's keep ratio and count at η, and with `tolerance` the
@@ -534,7 +617,15 @@ def compressibility(model: nn.Module, *, q: float = 0.5, p: float = 0.5, pq: flo
         theory.keep_count_for_tolerance(torch.ones(1, 1), tolerance, q, 1, lipschitz=lipschitz,
                                         input_bound=input_bound, input_norm=input_norm)
         settings["tolerance"] = float(tolerance)
-    targets = _targets(model, include, op)
+    targets, left_alone = _scan(model, include, op)
+    with user_terms(op):
+        report = _measure(targets, settings, scope, tolerance)
+    report.left_alone = left_alone
+    return report
+
+
+def _measure(targets: list[_Target], settings: dict, scope: str, tolerance) -> CompressibilityReport:
+    """compressibility()'s rows for `targets`, its arguments already checked."""
     report = CompressibilityReport(settings, neurons=[] if scope == "neuron" else None)
     for t in targets:
         report.layers.append(_measure_row(t.weight, t.survivors, settings, dim=None,
@@ -704,7 +795,7 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
               *, method: str = "sap", rounds: int = 10, rewind="init", scope: str = "neuron",
               p: float = 0.5, q: float = 1.0, eta: float = 0.0, gamma: float = 1.0, beta: float = 0.9,
               amount: float = 0.2, include: Include = None, progress: bool = True) -> History:
-    """The prune–retrain loop of [S] (docs/paper.md §3): train, evaluate, prune, rewind, repeat.
+    """The prune–retrain loop of [S] (docs/method.md §3): train, evaluate, prune, rewind, repeat.
 
     Round 0 trains the dense model; each of the next `rounds` prunes (on the survivors), rewinds
     and retrains, so `rounds + 1` masks are trained and recorded in the returned History.
@@ -751,7 +842,7 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
     else:
         p, q = 0.5, 1.0  # what the history's PQI column measures
         step = lambda: magnitude(model, amount, scope=scope, include=include)  # noqa: E731
-    targets = _targets(model, include, op)
+    targets, left_alone = _scan(model, include, op)
     snapshot = _Snapshot(model, values=True)
     rewind_to = None if rewind == "none" else _values_by_identity(model, rewind if isinstance(rewind, dict) else None, op)
     history = History({"method": method, "scope": scope, "rounds": rounds, "p": p, "q": q, "eta": eta,
@@ -767,10 +858,12 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
             if t > 0:
                 if method == "os":
                     fraction = 1 - (1 - amount) ** t
+                    before = _counts_to_log(targets)
                     masks = _select(targets, _FractionRule(fraction), scope, weights=dense,
                                     survivors=[None] * len(targets))
                     masks = [m if tg.survivors is None else m & tg.survivors for m, tg in zip(masks, targets)]
                     _apply_masks(model, targets, masks)
+                    _log_step(f"{op} (os, round {t})", targets, before, left_alone)
                 else:
                     step()
                 targets = _targets(model, include, op)

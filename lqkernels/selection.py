@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from lqkernels import _backend
-from lqkernels._checks import check_mask, check_scores
+from lqkernels._checks import check_mask, check_scores, user_terms
 
 __all__ = ["topk_mask", "topk_threshold", "global_topk_masks", "nm_mask"]
 
@@ -85,10 +85,11 @@ def _row_topk(scores, k, dim, mask, magnitude, largest, backend, op):
     k_rows = _per_slice_k(k, slice_shape if scores.dim() else [], scores.device, op)
     x2d = moved.reshape(math.prod(slice_shape), moved.shape[-1])  # not -1: slices may be empty
     m2d = m.movedim(dim, -1).reshape(x2d.shape) if m is not None else None
-    chosen = _backend.resolve("row_topk_mask", backend, scores.device)
-    if chosen in ("torch", "triton"):
-        _check_selectable(x2d, k_rows, m2d, op)
-    out2d, threshold = _backend.kernel("row_topk_mask", chosen)(x2d, k_rows, m2d, magnitude, largest)
+    with user_terms(op):
+        chosen = _backend.resolve("row_topk_mask", backend, scores.device)
+        if chosen in ("torch", "triton"):
+            _check_selectable(x2d, k_rows, m2d, op)
+        out2d, threshold = _backend.kernel("row_topk_mask", chosen)(x2d, k_rows, m2d, magnitude, largest)
     out = out2d.reshape(moved.shape).movedim(-1, dim).reshape(scores.shape)
     return out, threshold.reshape(slice_shape if scores.dim() else [])
 
@@ -139,18 +140,19 @@ def global_topk_masks(tensors: Sequence[torch.Tensor], k: int, *, masks: Sequenc
         raise TypeError(f"{op}: k must be an int, got {k!r}")
     magnitude = _check_flag("magnitude", magnitude, op)
     largest = _check_flag("largest", largest, op)
-    chosen = _backend.resolve("global_topk_masks", backend, tensors[0].device)
-    if chosen in ("torch", "triton"):
-        flat = [t.reshape(1, -1) for t in tensors]
-        flat_masks = [m.reshape(1, -1) for m in masks] if masks is not None else None
-        for i, x in enumerate(flat):
-            if (x.isnan() & flat_masks[i] if flat_masks else x.isnan()).any():
-                raise ValueError(f"{op}: tensors[{i}] contains NaN")
-        total = sum(int(m.sum()) for m in masks) if masks is not None else sum(t.numel() for t in tensors)
-        if not 0 <= k <= total:
-            raise ValueError(f"{op}: k = {k} but the tensors hold {total} candidates (k must be in [0, {total}])")
-    return list(_backend.kernel("global_topk_masks", chosen)(
-        list(tensors), list(masks) if masks is not None else None, k, magnitude, largest))
+    with user_terms(op):
+        chosen = _backend.resolve("global_topk_masks", backend, tensors[0].device)
+        if chosen in ("torch", "triton"):
+            flat = [t.reshape(1, -1) for t in tensors]
+            flat_masks = [m.reshape(1, -1) for m in masks] if masks is not None else None
+            for i, x in enumerate(flat):
+                if (x.isnan() & flat_masks[i] if flat_masks else x.isnan()).any():
+                    raise ValueError(f"{op}: tensors[{i}] contains NaN")
+            total = sum(int(m.sum()) for m in masks) if masks is not None else sum(t.numel() for t in tensors)
+            if not 0 <= k <= total:
+                raise ValueError(f"{op}: k = {k} but the tensors hold {total} candidates (k must be in [0, {total}])")
+        return list(_backend.kernel("global_topk_masks", chosen)(
+            list(tensors), list(masks) if masks is not None else None, k, magnitude, largest))
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, magnitude: bool = True,

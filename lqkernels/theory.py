@@ -1,4 +1,4 @@
-"""Guarantees behind ℓq compressibility and PQI pruning (docs/paper.md §2), computed with
+"""Guarantees behind ℓq compressibility and PQI pruning (docs/method.md §2), computed with
 lqkernels.ops (one pass of masked power sums per slice; no Python loop over rows).
 
 Sources, and how sure we are of them:
@@ -6,7 +6,7 @@ Sources, and how sure we are of them:
     measure of compressibility, the per-neuron keep counts and the adaptive allocation. Only [T]'s
     abstract is public: the forms here are *reconstructed* from the sparse-approximation results
     it builds on (best s-term approximation; Stechkin / Cohen–Dahmen–DeVore) and from the authors'
-    public code of that period, as docs/paper.md says. The s-term inequality itself is standard
+    public code of that period, as docs/method.md says. The s-term inequality itself is standard
     and is proved in the docstring below; what is reconstructed is how [T] uses it.
   * [S] Diao, Wang, Zhang, Yang, Ding, Tarokh, ICLR 2023, arXiv 2302.05601: PQ Index and its
     Theorem 2 (the keep bound), checked against the authors' slides and released code.
@@ -19,12 +19,14 @@ counts as int64. Bad arguments raise ValueError / TypeError naming the value.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from lqkernels import ops
+from lqkernels._checks import check_mask, check_scores, user_terms
 
 __all__ = ["s_term_bound", "keep_count_for_tolerance", "pqi_keep_bound", "pqi_keep_count",
            "allocate_two_layer", "certify", "Certificate", "ACTIVATION_LIPSCHITZ"]
@@ -75,6 +77,13 @@ def input_norm_exponent(input_norm, op: str) -> float:
 
 
 # ---- best s-term approximation ------------------------------------------------------------
+def _check_weight(w, mask, op: str) -> None:
+    """w a float tensor and mask None or a bool tensor of its shape and device, named as the caller
+    names them (the ops below would call them x and mask)."""
+    check_scores(w, op, "w")
+    check_mask(mask, w, op, of="w")
+
+
 def s_term_bound(w: torch.Tensor, s, q: float = 0.5, r: float = 2.0, dim=None, *,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Upper bound of the best s-term approximation error: ‖w − w_s‖_r ≤ s^{1/r − 1/q}·‖w‖_q.
@@ -91,7 +100,9 @@ def s_term_bound(w: torch.Tensor, s, q: float = 0.5, r: float = 2.0, dim=None, *
     r = math.inf if r in (math.inf, "inf") else check_number("r", r, op, low=0.0, low_open=True)
     if not q < r:
         raise ValueError(f"{op}: needs q < r, got q={q:g}, r={r:g}")
-    norm = ops.lq_norm(w, q, dim, mask=mask).double()
+    _check_weight(w, mask, op)
+    with user_terms(op):
+        norm = ops.lq_norm(w, q, dim, mask=mask).double()
     s = _as_counts(s, norm, op)
     if (s < 0).any():
         raise ValueError(f"{op}: s must be >= 0, got {s.min().item()}")
@@ -131,7 +142,9 @@ def keep_count_for_tolerance(w: torch.Tensor, tolerance: float, q: float = 0.5, 
     q = check_number("q", q, op, low=0.0, low_open=True, high=r, high_open=True)
     lipschitz = check_number("lipschitz", lipschitz, op, low=0.0, low_open=True)
     input_bound = check_number("input_bound", input_bound, op, low=0.0)
-    sums, count = ops.lq_powsum(w, [q], dim, mask=mask)
+    _check_weight(w, mask, op)
+    with user_terms(op):
+        sums, count = ops.lq_powsum(w, [q], dim, mask=mask)
     return tolerance_count_from_sums(sums[0], count, tolerance, q, lipschitz * input_bound, r)
 
 
@@ -179,7 +192,9 @@ def pqi_keep_bound(w: torch.Tensor, p: float = 0.5, q: float = 1.0, eta: float =
     op = "pqi_keep_bound"
     p, q = check_pq(p, q, op)
     eta = check_eta(eta, op)
-    sums, _ = ops.lq_powsum(w, [p, q], dim, mask=mask)
+    _check_weight(w, mask, op)
+    with user_terms(op):
+        sums, _ = ops.lq_powsum(w, [p, q], dim, mask=mask)
     return keep_bound_from_sums(sums[0], sums[1], p, q, eta)
 
 
@@ -190,7 +205,9 @@ def pqi_keep_count(w: torch.Tensor, p: float = 0.5, q: float = 1.0, eta: float =
     op = "pqi_keep_count"
     p, q = check_pq(p, q, op)
     eta = check_eta(eta, op)
-    sums, count = ops.lq_powsum(w, [p, q], dim, mask=mask)
+    _check_weight(w, mask, op)
+    with user_terms(op):
+        sums, count = ops.lq_powsum(w, [p, q], dim, mask=mask)
     return ceil_count(keep_bound_from_sums(sums[0], sums[1], p, q, eta), count)
 
 
@@ -199,7 +216,7 @@ def allocate_two_layer(a: torch.Tensor, w: torch.Tensor, total: int, q: float = 
                        input_norm="inf", mask: torch.Tensor | None = None) -> torch.Tensor:
     """How many weights each hidden neuron j of f(x) = Σ_j a_j σ(w_jᵀx) keeps, `total` in all.
 
-    [T] (reconstructed, docs/paper.md §2): by the s-term bound the output error is at most
+    [T] (reconstructed, docs/method.md §2): by the s-term bound the output error is at most
     L·B·Σ_j |a_j|·‖w_j‖_q·s_j^{−α}, α = 1/q − 1 for ‖x‖_∞ ≤ B (input_norm="inf", q < 1) or
     1/q − 1/2 for ‖x‖_2 ≤ B ("2", q < 2). Minimising it under Σ s_j = S (Lagrange, s_j real) gives
     s_j ∝ (|a_j|·‖w_j‖_q)^{1/(1+α)}. Here each s_j is also capped at the neuron's survivors d_j
@@ -213,8 +230,9 @@ def allocate_two_layer(a: torch.Tensor, w: torch.Tensor, total: int, q: float = 
     op = "allocate_two_layer"
     r = input_norm_exponent(input_norm, op)
     q = check_number("q", q, op, low=0.0, low_open=True, high=r, high_open=True)
-    if not isinstance(a, torch.Tensor) or not isinstance(w, torch.Tensor):
-        raise TypeError(f"{op}: a and w must be tensors, got {type(a).__name__} and {type(w).__name__}")
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{op}: a must be a tensor, got {type(a).__name__}")
+    _check_weight(w, mask, op)
     if w.dim() < 2:
         raise ValueError(f"{op}: w must have one row per hidden neuron (dim >= 2), got shape {tuple(w.shape)}")
     hidden = w.shape[0]
@@ -226,7 +244,8 @@ def allocate_two_layer(a: torch.Tensor, w: torch.Tensor, total: int, q: float = 
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         raise ValueError(f"{op}: total must be an int >= 0, got {total!r}")
     w2d = w.detach().reshape(hidden, -1)
-    sums, count = ops.lq_powsum(w2d, [q], 1, mask=mask.reshape(hidden, -1) if mask is not None else None)
+    with user_terms(op):
+        sums, count = ops.lq_powsum(w2d, [q], 1, mask=mask.reshape(hidden, -1) if mask is not None else None)
     alpha = 1 / q - 1 / r
     weight = (a_abs.to(sums.device) * sums[0].double().pow(1 / q)).pow(1 / (1 + alpha))
     cap = count.double()
@@ -291,10 +310,15 @@ class Certificate(NamedTuple):
     sterm_bound: float
     layers: list
 
+    @property
+    def pruned(self) -> int:
+        """How many weights the masks remove (0: nothing was pruned, and the bound is 0)."""
+        return sum(layer["params"] - layer["kept"] for layer in self.layers)
+
 
 def certify(model: nn.Module, masks=None, input_bound: float = 1.0, lipschitz: float = 1.0, *,
             input_norm="inf", q: float = 0.5) -> Certificate:
-    """Bounds how much pruning changes an MLP-style network's output, layer by layer (paper.md §2).
+    """Bounds how much pruning changes an MLP-style network's output, layer by layer (method.md §2).
 
     The network: `model`'s leaf modules in registration order form a chain h_l = σ_l(W_l h_{l−1} + b_l)
     of nn.Linear layers and activations (ReLU, LeakyReLU, Tanh, ReLU6, Hardtanh, GELU, SiLU: σ(0) = 0
@@ -312,6 +336,9 @@ def certify(model: nn.Module, masks=None, input_bound: float = 1.0, lipschitz: f
     √Σ_i ‖w_i − ŵ_i‖_2², an upper bound of the spectral one). L multiplies only after an
     activation. sterm_bound replaces ‖w_i − ŵ_i‖_r by ‖w_i‖_q·s_i^{1/r − 1/q} (s_i = kept count).
     A worst case over all inputs in the ball: usually loose by orders of magnitude, but valid.
+    Nothing pruned (no weight_mask and no masks, or masks that keep every weight; note that
+    prune.remove drops the masks and the dense values) gives bound 0 with a UserWarning saying so;
+    `Certificate.pruned` counts the weights the masks remove.
     """
     op = "certify"
     if not isinstance(model, nn.Module):
@@ -330,7 +357,8 @@ def certify(model: nn.Module, masks=None, input_bound: float = 1.0, lipschitz: f
     for name, module in leaves:
         if isinstance(module, nn.Linear):
             w, mask = _dense_and_mask(name, module, masks, op)
-            terms = _linear_terms(w, mask, q, r)
+            with user_terms(op):
+                terms = _linear_terms(w, mask, q, r)
             err = terms["tail"] * h + terms["op_norm_pruned"] * err
             sterm_err = terms["sterm"] * h + terms["op_norm_pruned"] * sterm_err
             bias = 0.0 if module.bias is None else ops.lq_norm(module.bias.detach(), math.inf if r == 1 else 2.0).double()
@@ -351,7 +379,13 @@ def certify(model: nn.Module, masks=None, input_bound: float = 1.0, lipschitz: f
             err, sterm_err, h = lipschitz * err, lipschitz * sterm_err, lipschitz * h
     if not layers:
         raise ValueError(f"{op}: the model has no nn.Linear layer to certify")
-    return Certificate(float(err), float(sterm_err), layers)
+    certificate = Certificate(float(err), float(sterm_err), layers)
+    if certificate.pruned == 0:
+        source = "the masks given keep" if masks is not None else "the model has no pruning masks (weight_mask), so it keeps"
+        warnings.warn(f"{op}: nothing is pruned: {source} every weight, and the bound is 0. Certify the "
+                      f"dense model with masks= (e.g. the survivors of prune.prunable_weights), or a model "
+                      f"pruned by lqkernels.prune / torch.nn.utils.prune before prune.remove", stacklevel=2)
+    return certificate
 
 
 def _activation_lipschitz(module: nn.Module) -> float | None:

@@ -1,4 +1,5 @@
 """The `lqkernels` command: help, report, prune and demo on a factory (tests/cli_models.py) or a checkpoint."""
+import csv
 import subprocess
 import sys
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 
+import lqkernels
 from lqkernels import cli, prune
+from lqkernels.nn import SparseLinear
 
 
 def test_help_in_a_fresh_process():
@@ -52,7 +55,9 @@ def test_report_from_factory(capsys, tmp_path):
 def test_prune_then_report_checkpoint(method, extra, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
     assert cli.main(["prune", "cli_models:tiny_mlp", "--method", method, *extra, "--out", str(out)]) == 0
-    assert "saved to" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert f"wrote {out}" in out_text and "left alone" not in out_text
+    assert "0.weight" in out_text and "kept before" in out_text and "all weights" in out_text
     model = torch.load(out, weights_only=False)
     assert hasattr(model[0], "weight_mask") and model[0].weight_mask.sum() < model[0].weight_mask.numel()
     torch_prune.remove(model[0], "weight")  # still ordinary torch.nn.utils.prune state
@@ -93,3 +98,33 @@ def test_errors_exit_2_with_message(argv, message, capsys, tmp_path, monkeypatch
         cli.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def _report_rows(path, tmp_path, capsys) -> dict:
+    csv_file = tmp_path / (path.stem + ".csv")
+    assert cli.main(["report", str(path), "--csv", str(csv_file)]) == 0
+    capsys.readouterr()
+    with open(csv_file, newline="") as f:
+        return {row["layer"]: row for row in csv.DictReader(f)}
+
+
+def test_one_meaning_of_survivor_across_save_load_and_remove(tmp_path, capsys):
+    """Kept = mask set, or nonzero without a mask: `report`, compressibility, remaining_fraction and
+    sparsify_ count the same survivors in the masked checkpoint and in the one saved with --remove."""
+    masked, removed = tmp_path / "masked.pt", tmp_path / "removed.pt"
+    for out, extra in ((masked, []), (removed, ["--remove"])):
+        assert cli.main(["prune", "cli_models:tiny_mlp", "--method", "magnitude", "--amount", "0.55",
+                         "--out", str(out), *extra]) == 0
+    with_masks, without = torch.load(masked, weights_only=False), torch.load(removed, weights_only=False)
+    assert hasattr(with_masks[0], "weight_mask") and not hasattr(without[0], "weight_mask")
+    a, b = _report_rows(masked, tmp_path, capsys), _report_rows(removed, tmp_path, capsys)
+    assert a.keys() == b.keys() == {"0.weight", "2.weight", "all weights"}
+    for layer in a:
+        assert a[layer]["survivors"] == b[layer]["survivors"] and a[layer]["pqi"] == b[layer]["pqi"]
+    assert int(a["0.weight"]["survivors"]) == 12 * 16 - round(0.55 * 12 * 16)
+    assert prune.remaining_fraction(with_masks) == prune.remaining_fraction(without) < 0.5
+    kept = {name: int(s.sum()) for name, _, s in prune.prunable_weights(without)}
+    assert kept == {layer: int(row["survivors"]) for layer, row in a.items() if layer != "all weights"}
+    for model in (with_masks, without):
+        sparse = lqkernels.sparsify_(model)
+        assert [m.nnz for m in sparse.modules() if isinstance(m, SparseLinear)] == list(kept.values())

@@ -1,4 +1,4 @@
-"""The paper's properties of the PQ Index (paper.md §1) as hypothesis property tests: the six
+"""The paper's properties of the PQ Index (method.md §1) as hypothesis property tests: the six
 Hurley–Rickard sparsity properties (Robin Hood, scaling, rising tide, cloning, Bill Gates, babies),
 its range and extremes, and Hoyer = √d/(√d − 1)·I_{1,2}. Run on the C++ kernel and the PyTorch
 reference, in float64 (a few 1e-12 of slack for rounding)."""

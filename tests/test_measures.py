@@ -1,5 +1,5 @@
 """The measure ops of lqkernels.ops on every available backend, against a float64 reference
-written here from the definitions (docs: /work/shared/docs/paper.md §1), not the library's own.
+written here from the definitions (docs: docs/method.md §1), not the library's own.
 
 Sections: the reference and the comparison rule; fresh random inputs over dtypes × shapes × dims ×
 masks; edge cases (masks, zeros, empty, 0-d, non-contiguous, NaN, inf, extreme float32 and float64
@@ -592,9 +592,9 @@ def test_reference_gini_forms_agree(gen):
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's properties (paper.md §1).
+# The paper's properties (method.md §1).
 
-# Hurley–Rickard test vectors and I_{0.5,1} (paper.md §1). paper.md prints three of them off in
+# Hurley–Rickard test vectors and I_{0.5,1} (method.md §1). method.md prints three of them off in
 # the fifth decimal: 0.26430, 0.08579 and 0.06032 where the definition gives 0.264332, 0.085844 and
 # 0.060251 (1 − ((Σ√c)/d)² / (Σc/d), by hand); the values below are the definition's.
 HURLEY_RICKARD = [

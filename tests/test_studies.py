@@ -27,7 +27,7 @@ def test_study1_pqi_satisfies_all_six_properties(tmp_path):
     # Hoyer's √d factor breaks cloning (Hurley & Rickard): the check can tell the indices apart
     assert results["passed"]["Hoyer"]["cloning"] < total
     assert results["max_rel_diff"] < 1e-12  # lqkernels vs the float64 NumPy reference
-    # what the definition gives (paper.md quotes 0.26430, 0.08579, 0.06032)
+    # what the definition gives (method.md quotes 0.26430, 0.08579, 0.06032)
     assert results["pqi"]["[0,2,3,4] (Robin Hood)"] == pytest.approx(0.264332, abs=1e-6)
     assert results["pqi"]["[1,3,5]"] == pytest.approx(0.085844, abs=1e-6)
     assert results["pqi"]["[1.5,3.5,5.5] (rising tide)"] == pytest.approx(0.060251, abs=1e-6)

@@ -1,4 +1,4 @@
-"""lqkernels.theory: the guarantees of docs/paper.md §2 hold on random inputs (property tests with
+"""lqkernels.theory: the guarantees of docs/method.md §2 hold on random inputs (property tests with
 float64 oracles written with plain torch sorts), and bad arguments raise naming the value."""
 import math
 
@@ -15,11 +15,11 @@ magnitudes = st.one_of(st.just(0.0), st.floats(1e-3, 1e3))
 vectors = st.lists(st.tuples(magnitudes, st.booleans()), min_size=1, max_size=40)
 
 
-# ---- PQI values and properties (paper.md §1), through lqkernels.ops --------------------------
+# ---- PQI values and properties (method.md §1), through lqkernels.ops --------------------------
 @pytest.mark.parametrize("w, expected", [([0, 1, 3, 5], 0.31438), ([0, 2, 3, 4], 0.26430), ([1, 3, 5], 0.08579),
                                          ([1.5, 3.5, 5.5], 0.06032), ([0, 1, 3, 5, 0, 1, 3, 5], 0.31438)])
 def test_pqi_paper_values(w, expected):
-    # paper.md's values are good to ~1e-4 (e.g. [1,3,5] gives 0.085844; it says 0.08579)
+    # method.md's values are good to ~1e-4 (e.g. [1,3,5] gives 0.085844; it says 0.08579)
     w = torch.tensor(w, dtype=torch.float64)
     assert ops.pq_index(w, 0.5, 1.0).item() == pytest.approx(expected, abs=2e-4)
     assert ops.pq_index(2 * w, 0.5, 1.0).item() == pytest.approx(expected, abs=2e-4)  # scaling
@@ -148,8 +148,12 @@ def test_certify_bounds_actual_output_change(input_norm):
         change = (dense(x) - net(x)).abs().amax(1) if input_norm == "inf" else (dense(x) - net(x)).norm(dim=1)
     assert change.max().item() <= cert.bound
     assert [layer["name"] for layer in cert.layers] == ["0", "2", "4"]
-    unpruned = theory.certify(dense, input_bound=2.0, input_norm=input_norm)
-    assert unpruned.bound == 0 and unpruned.sterm_bound == 0
+    with pytest.warns(UserWarning, match="certify: nothing is pruned: the model has no pruning masks"):
+        unpruned = theory.certify(dense, input_bound=2.0, input_norm=input_norm)
+    assert unpruned.bound == 0 and unpruned.sterm_bound == 0 and unpruned.pruned == 0
+    assert cert.pruned == sum(int((m.weight_mask == 0).sum()) for m in net if isinstance(m, nn.Linear))
+    with pytest.warns(UserWarning, match="nothing is pruned: the masks given keep every weight"):
+        theory.certify(dense, {"0": torch.ones(32, 8, dtype=torch.bool)}, 2.0, input_norm=input_norm)
     explicit = theory.certify(dense, {"0": net[0].weight_mask.bool(), "2.weight": net[2].weight_mask.bool(),
                                       "4": net[4].weight_mask.bool()}, 2.0, input_norm=input_norm)
     assert explicit.bound == pytest.approx(cert.bound, rel=1e-12)
