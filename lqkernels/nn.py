@@ -302,6 +302,27 @@ def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tens
     return _calibrated[key]
 
 
+class _KeptGradient(torch.autograd.Function):
+    """Format "dense" in training: W as stored (0 where pruned) in the forward, and its gradient
+    where the bitmap keeps weights, 0 elsewhere, in the backward, so pruned weights stay 0. Cheaper
+    than W * mask, whose forward multiplies every weight (a float-by-bool product: ~40 ms per
+    4096x4096 W on 2 cores) and whose backward multiplies again."""
+
+    @staticmethod
+    def forward(values, bitmap, in_features):
+        return values.view_as(values)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.in_features = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (bitmap,) = ctx.saved_tensors
+        return torch.where(_ops.bitmap_mask(bitmap, ctx.in_features), grad, 0), None, None
+
+
 class SparseLinear(nn.Linear):
     """A drop-in `nn.Linear` computing y = x · (W * mask)ᵀ + b from a compressed W.
 
@@ -547,7 +568,7 @@ class SparseLinear(nn.Linear):
         if self._dense_path(x2d.shape[0]):
             weight = self._dense_weight()
             if self.format == "dense" and torch.is_grad_enabled() and weight.requires_grad:
-                weight = weight * _ops.bitmap_mask(self.bitmap, self.in_features)  # pruned stay 0
+                weight = _KeptGradient.apply(weight, self.bitmap, self.in_features)  # pruned stay 0
             y = F.linear(x2d, weight, self.bias)
         else:
             op = _OP_OF_FORMAT[self.format]
