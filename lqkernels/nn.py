@@ -277,11 +277,13 @@ def _calibration_key(*parts) -> tuple:
 
 
 def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
-                      packs: dict[str, dict[str, torch.Tensor]] | None = None) -> str:
+                      packs: dict[str, dict[str, torch.Tensor]] | None = None, density: float | None = None) -> str:
     """The format auto stores for W * mask on this CPU, measured (see "calibration"): "bitmap",
-    "csr16" or "dense". `packs` (optional) receives the packed tensors of the formats it built."""
+    "csr16" or "dense". `packs` (optional) receives the packed tensors of the formats it built;
+    `density` (optional) is the mask's, where the caller has it."""
     out_features, in_features = weight.shape
-    density = mask.float().mean().item() if mask.numel() else 1.0
+    if density is None:
+        density = mask.float().mean().item() if mask.numel() else 1.0
     key = _calibration_key("format", weight.dtype, out_features, in_features, round(density, 2))
     if key not in _calibrated:
         packs = {} if packs is None else packs
@@ -360,7 +362,7 @@ class SparseLinear(nn.Linear):
             stored = choose_format(density, weight.device.type, weights=weight.numel(),
                                    dense_bytes=weight.numel() * weight.element_size())
             if self._calibrating(weight.device) and weight.numel() >= MIN_SPARSE_WEIGHTS:
-                stored = calibrated_format(weight, mask, None if bias is None else bias.detach(), packs)
+                stored = calibrated_format(weight, mask, None if bias is None else bias.detach(), packs, density)
             if stored == "csr16" and weight.shape[1] > 65536:
                 stored = "bitmap"
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
