@@ -240,6 +240,13 @@ CALIBRATION_BATCHES = (1, 16)  # the batch sizes a format is chosen for when a l
 _calibrated: dict[tuple, object] = {}
 
 
+def _format_kernel(format: str, backend: str | None, device: torch.device):
+    """The callable computing x · Wᵀ + b from `format`'s tensors on `device` (backend as in
+    lqkernels._backend: argument > LQK_BACKEND > auto)."""
+    op = _OP_OF_FORMAT[format]
+    return _backend.kernel(op, _backend.resolve(op, backend, device))
+
+
 def _time_calls(calls: dict[str, Callable[[], object]], rounds: int = CALIBRATION_ROUNDS) -> dict[str, float]:
     """Each of `calls`' time relative to the first's (the dense product), the larger of two ways of
     timing: interleaved (one call of each per round) and in blocks (`rounds` calls of one, then the
@@ -295,7 +302,7 @@ def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tens
             calls = {"dense": lambda: F.linear(x, dense, bias)}
             for fmt in candidates:
                 packed = packs.setdefault(fmt, pack_weight(weight, mask, fmt))
-                kernel = _backend.kernel(_OP_OF_FORMAT[fmt], _backend.resolve(_OP_OF_FORMAT[fmt], None, weight.device))
+                kernel = _format_kernel(fmt, None, weight.device)
                 index = [packed[name] for name in _INDEX_NAMES[fmt]]
                 calls[fmt] = functools.partial(kernel, x, packed["values"], *index, bias)
             for fmt, ratio in _time_calls(calls).items():
@@ -516,12 +523,10 @@ class SparseLinear(nn.Linear):
         """Measures, on x2d, whether this layer's kernel or the dense product is faster for the
         batch range of x2d's rows (shared with layers of the same shape, format and density)."""
         weights = self.out_features * self.in_features
-        bucket = x2d.shape[0].bit_length()
-        key = _calibration_key("batch", self.values.dtype, self.out_features, self.in_features, self.format,
-                               round(self.values.numel() / max(weights, 1), 2), bucket)
+        key = _calibration_key("batch", self.format, round(self.values.numel() / max(weights, 1), 2),
+                               self.out_features, self.in_features, *self._measured_key(x2d.shape[0])[1:])
         if key not in _calibrated:
-            op = _OP_OF_FORMAT[self.format]
-            kernel = _backend.kernel(op, _backend.resolve(op, self.backend, self.values.device))
+            kernel = _format_kernel(self.format, self.backend, self.values.device)
             x = x2d.detach()
             with torch.no_grad():
                 dense = self.weight.detach()
@@ -573,10 +578,9 @@ class SparseLinear(nn.Linear):
                 weight = _KeptGradient.apply(weight, self.bitmap, self.in_features)  # pruned stay 0
             y = F.linear(x2d, weight, self.bias)
         else:
-            op = _OP_OF_FORMAT[self.format]
             extra = (self.out_features,) if self.format == "bsr" else ()
             try:  # not user_terms: a try block costs nothing per call until it raises
-                kernel = _backend.kernel(op, _backend.resolve(op, self.backend, values.device))
+                kernel = _format_kernel(self.format, self.backend, values.device)
                 y = kernel(x2d, values, *self._index(), self.bias, *extra)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise in_user_terms(error, "SparseLinear") from None
