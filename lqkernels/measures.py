@@ -28,7 +28,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from lqkernels import _backend, _ops
+from lqkernels import _backend, _distributed, _ops
 from lqkernels._checks import check_mask, check_scores, user_terms
 
 __all__ = ["lq_norm", "lq_powsum", "pq_index", "sparsity_index", "hoyer", "gini", "PowSums"]
@@ -96,19 +96,83 @@ def _as_rows(x: torch.Tensor, dim: Dim, mask: torch.Tensor | None, op: str):
     return x2d, mask2d, out_shape, keep_shape
 
 
-def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: str):
-    """Per-slice (T_q rows, count, scale, out_shape, keepdim_shape) from one pass over x."""
+class _Out(NamedTuple):
+    """Where a measure's result goes: the local result shapes (without / with keepdim) and, for a
+    DTensor x, its layout, the global shapes and the result's sharded dim without / with keepdim
+    (None: replicated)."""
+    out_shape: list
+    keep_shape: list
+    layout: _distributed.Layout | None = None
+    global_out: list | None = None
+    global_keep: list | None = None
+    shard_out: int | None = None
+    shard_keep: int | None = None
+
+    def shaped(self, values: torch.Tensor, dtype, keepdim: bool, lead: list | None = None) -> torch.Tensor:
+        """values (lead…, local slices) as the result: reshaped, and a DTensor for a DTensor x."""
+        lead = lead or []
+        local = values.to(dtype).reshape(lead + (self.keep_shape if keepdim else self.out_shape))
+        if self.layout is None:
+            return local
+        shard = self.shard_keep if keepdim else self.shard_out
+        return _distributed.wrap(local, self.layout, None if shard is None else len(lead) + shard,
+                                 lead + (self.global_keep if keepdim else self.global_out))
+
+
+def _spread(x, dim: Dim, mask, group, op: str):
+    """(local x, local mask, the group whose ranks each hold a part of every slice or None,
+    _Out's layout fields): for a DTensor x its local block (slices split when x is sharded along a
+    reduced dim); for group= plain tensors as given."""
+    if _distributed.is_dtensor(x):
+        if group is not None:
+            raise ValueError(f"{op}: group= is for plain tensors split by the caller; a DTensor "
+                             f"carries its own mesh")
+        lay, local, local_mask = _distributed.local_pair(x, mask, op)
+        reduced = _reduced_dims(x.dim(), dim, op)
+        split = lay.shard_dim is not None and (lay.shard_dim in reduced or x.dim() == 0)
+        kept = [d for d in range(x.dim()) if d not in reduced]
+        global_out = [x.shape[d] for d in kept]
+        global_keep = [1 if d in reduced else x.shape[d] for d in range(x.dim())]
+        shard = None if split or lay.shard_dim is None else lay.shard_dim
+        shard_out = None if shard is None else kept.index(shard)
+        return local, local_mask, lay.group if split else None, (lay, global_out, global_keep, shard_out, shard)
+    if _distributed.is_dtensor(mask):
+        raise ValueError(f"{op}: mask is a DTensor but x is a {type(x).__name__}; pass both as DTensors")
+    if group is not None:
+        group = _distributed.check_group(group, op)
+    return x, mask, group, (None,) * 5
+
+
+def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: str, group=None):
+    """Per-slice (T_q rows, count, scale) from one pass over x, and the _Out of the result.
+
+    Slices split across ranks (a DTensor sharded along a reduced dim, or group=): every rank
+    computes its part's statistics and they are merged (lqkernels._distributed.merge_powsums),
+    after one agreement on the arguments (every rank raises alike on bad input)."""
+    x, mask, group, placed = _spread(x, dim, mask, group, op)
+    if group is not None:
+        _distributed.agree(group, op, {"qs": qs, "dim": dim, "kept shape": _kept_shape(x, dim, op),
+                                       "mask": mask is not None, "dtype": str(x.dtype)},
+                           check=lambda: _as_rows(x, dim, mask, op))
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
     with user_terms(op):
         chosen = _backend.resolve("row_powsum", backend, x.device)
         sums, count, scale = _backend.kernel("row_powsum", chosen)(x2d, mask2d, qs)
     # The O(rows) finalize runs in float64: scale^q and T^(1/q) leave float32's range for small q
     # even when the result is representable (‖1e-30 · 1‖_{0.1} over 10^4 entries is 1e10).
-    return sums.double(), count, scale.double(), out_shape, keep_shape
+    sums, scale = sums.double(), scale.double()
+    if group is not None:
+        sums, count, scale = _distributed.merge_powsums(sums, count, scale, qs, group)
+    return sums, count, scale, _Out(out_shape, keep_shape, *placed)
 
 
-def _shaped(values: torch.Tensor, dtype, out_shape, keep_shape, keepdim: bool) -> torch.Tensor:
-    return values.to(dtype).reshape(keep_shape if keepdim else out_shape)
+def _kept_shape(x: torch.Tensor, dim: Dim, op: str):
+    """x's shape without the reduced dims (None when dim is invalid: the check then says why)."""
+    try:
+        reduced = _reduced_dims(x.dim(), dim, op)
+    except (TypeError, ValueError):
+        return None
+    return [x.shape[d] for d in range(x.dim()) if d not in reduced]
 
 
 def _relative_power_mean(t: torch.Tensor, d: torch.Tensor, r: float) -> torch.Tensor:
@@ -124,7 +188,7 @@ def _index_or_zero(value: torch.Tensor, defined: torch.Tensor, nan_from: torch.T
 
 
 def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: torch.Tensor | None = None,
-              backend: str | None = None) -> PowSums:
+              backend: str | None = None, group=None) -> PowSums:
     """Σ|x|^q over `dim` for several exponents in one pass over x.
 
     Returns PowSums(sums, count): `sums` has shape (len(qs), *reduced shape) and dtype float32
@@ -138,14 +202,14 @@ def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: to
         raise TypeError(f"{op}: qs must be a sequence of exponents, got {qs!r}")
     qs = [_check_exponent("q", q, op, allow_inf=False) for q in qs]
     _ops.check_exponents(qs, op)
-    t, count, scale, out_shape, _ = _row_stats(x, dim, mask, qs, backend, op)
+    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
     q = torch.tensor(qs, dtype=t.dtype, device=t.device)[:, None]
     sums = torch.where(t == 0, 0.0, scale[None, :].pow(q) * t)  # 0 · inf never happens
-    return PowSums(sums.to(_ops.acc_dtype(x.dtype)).reshape([len(qs)] + out_shape), count.reshape(out_shape))
+    return PowSums(out.shaped(sums, _ops.acc_dtype(x.dtype), False, [len(qs)]), out.shaped(count, torch.int64, False))
 
 
 def lq_norm(x: torch.Tensor, q: float, dim: Dim = None, keepdim: bool = False, *,
-            mask: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+            mask: torch.Tensor | None = None, backend: str | None = None, group=None) -> torch.Tensor:
     """(Σ|x|^q)^{1/q} over `dim` (the quasi-norm for 0 < q < 1; max |x| for q = inf).
 
     Same result as torch.linalg.vector_norm(x, q, dim, keepdim) where that is finite, in x's
@@ -154,14 +218,14 @@ def lq_norm(x: torch.Tensor, q: float, dim: Dim = None, keepdim: bool = False, *
     op = "lq_norm"
     q = _check_exponent("q", q, op)
     qs = [] if q == math.inf else [q]
-    t, count, scale, out_shape, keep_shape = _row_stats(x, dim, mask, qs, backend, op)
+    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
     norm = scale if q == math.inf else scale * t[0].pow(1 / q)
-    return _shaped(norm, x.dtype, out_shape, keep_shape, keepdim)
+    return out.shaped(norm, x.dtype, keepdim)
 
 
 def pq_index(x: torch.Tensor, p: float = 0.5, q: float = 1.0, dim: Dim = None, *,
              mask: torch.Tensor | None = None, keepdim: bool = False,
-             backend: str | None = None) -> torch.Tensor:
+             backend: str | None = None, group=None) -> torch.Tensor:
     """PQ Index I_{p,q} = 1 − M_p / M_q (Diao et al., ICLR 2023), 0 < p < q (q may be inf).
 
     In [0, 1 − d^{1/q − 1/p}], larger = sparser; d counts survivors of `mask`. Computed in one pass
@@ -173,15 +237,15 @@ def pq_index(x: torch.Tensor, p: float = 0.5, q: float = 1.0, dim: Dim = None, *
     if not p < q:
         raise ValueError(f"pq_index: needs p < q, got p={p}, q={q}")
     qs = [p] if q == math.inf else [p, q]
-    t, count, scale, out_shape, keep_shape = _row_stats(x, dim, mask, qs, backend, op)
+    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
     mq = _relative_power_mean(t[-1], count, q)
     value = (1 - _relative_power_mean(t[0], count, p) / mq).clamp_min(0)
     index = _index_or_zero(value, scale > 0, scale)
-    return _shaped(index, x.dtype, out_shape, keep_shape, keepdim)
+    return out.shaped(index, x.dtype, keepdim)
 
 
 def sparsity_index(x: torch.Tensor, q: float, dim: Dim = None, *, mask: torch.Tensor | None = None,
-                   keepdim: bool = False, backend: str | None = None) -> torch.Tensor:
+                   keepdim: bool = False, backend: str | None = None, group=None) -> torch.Tensor:
     """SI_q = d^{1/q − 1}·‖x‖_1/‖x‖_q = M_1 / M_q (the [T]-era sparsity index).
 
     For 0 < q < 1 it lies in [1, d^{1/q − 1}], larger = sparser; 0 for an all-zero, empty or fully
@@ -190,38 +254,47 @@ def sparsity_index(x: torch.Tensor, q: float, dim: Dim = None, *, mask: torch.Te
     op = "sparsity_index"
     q = _check_exponent("q", q, op)
     qs = [1.0] if q in (1.0, math.inf) else [1.0, q]
-    t, count, scale, out_shape, keep_shape = _row_stats(x, dim, mask, qs, backend, op)
+    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
     mq = _relative_power_mean(t[-1], count, q)
     value = _relative_power_mean(t[0], count, 1.0) / mq
     index = _index_or_zero(value, scale > 0, scale)
-    return _shaped(index, x.dtype, out_shape, keep_shape, keepdim)
+    return out.shaped(index, x.dtype, keepdim)
 
 
 def hoyer(x: torch.Tensor, dim: Dim = None, *, mask: torch.Tensor | None = None, keepdim: bool = False,
-          backend: str | None = None) -> torch.Tensor:
+          backend: str | None = None, group=None) -> torch.Tensor:
     """Hoyer's sparsity (√d − ‖x‖_1/‖x‖_2)/(√d − 1) in [0, 1], larger = sparser.
 
     0 for a slice with at most one survivor or all zeros.
     """
     op = "hoyer"
-    t, count, scale, out_shape, keep_shape = _row_stats(x, dim, mask, [1.0, 2.0], backend, op)
+    t, count, scale, out = _row_stats(x, dim, mask, [1.0, 2.0], backend, op, group)
     root_d = count.to(t.dtype).sqrt()
     value = ((root_d - t[0] / t[1].sqrt()) / (root_d - 1)).clamp(0, 1)
     index = _index_or_zero(value, (scale > 0) & (count > 1), scale)
-    return _shaped(index, x.dtype, out_shape, keep_shape, keepdim)
+    return out.shaped(index, x.dtype, keepdim)
 
 
 def gini(x: torch.Tensor, dim: Dim = None, *, mask: torch.Tensor | None = None, keepdim: bool = False,
-         backend: str | None = None) -> torch.Tensor:
+         backend: str | None = None, group=None) -> torch.Tensor:
     """Gini index (Hurley & Rickard): sort |x| ascending as c_1..c_d, then
     1 − 2 Σ_k (c_k/‖c‖_1)(d − k + ½)/d, in [0, 1), larger = sparser.
 
     Needs each slice in sorted order: the C++ kernel sorts per row; on CUDA the CUDA and Triton
-    kernels reduce after torch's segmented sort.
+    kernels reduce after torch's segmented sort. Slices split across ranks (a DTensor sharded
+    along a reduced dim, or group=) are gathered whole on every rank first: a sorted order does
+    not merge from parts the way power sums do.
     """
     op = "gini"
+    x, mask, group, placed = _spread(x, dim, mask, group, op)
+    if group is not None:
+        _distributed.agree(group, op, {"dim": dim, "kept shape": _kept_shape(x, dim, op),
+                                       "mask": mask is not None, "dtype": str(x.dtype)},
+                           check=lambda: _as_rows(x, dim, mask, op))
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
+    if group is not None:
+        x2d, mask2d = _distributed.gather_columns(x2d, mask2d, group)
     with user_terms(op):
         chosen = _backend.resolve("row_gini", backend, x.device)
         index = _backend.kernel("row_gini", chosen)(x2d, mask2d)
-    return _shaped(index, x.dtype, out_shape, keep_shape, keepdim)
+    return _Out(out_shape, keep_shape, *placed).shaped(index, x.dtype, keepdim)

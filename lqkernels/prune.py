@@ -52,14 +52,16 @@ import json
 import logging
 import math
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.utils.prune as torch_prune
+from torch.utils.weak import WeakIdKeyDictionary
 from torch import nn
 
-from lqkernels import ops, theory
+from lqkernels import _distributed, ops, theory
 from lqkernels._checks import user_terms
 from lqkernels.theory import check_eta, check_number, check_pq
 
@@ -92,20 +94,46 @@ class _Target:
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and survivors viewed as (out, -1): one row per neuron / filter."""
-        w = self.weight.reshape(self.param.shape[0], -1)
-        return w, None if self.survivors is None else self.survivors.reshape(w.shape)
+        return _rows_of(self.weight), _rows_of(self.survivors)
+
+    @property
+    def sharded(self) -> bool:
+        return _distributed.is_dtensor(self.param)
 
     def survivor_count(self) -> int:
-        return self.param.numel() if self.survivors is None else int(torch.count_nonzero(self.survivors))
+        return _survivor_counts([self])[0]
+
+
+def _survivor_counts(targets: list[_Target]) -> list[int]:
+    """Each target's survivors. Sharded targets count their local blocks (a replicated one on one
+    rank) and merge them in one all-reduce per mesh: a collective, so every rank calls this alike."""
+    counts = [t.param.numel() if t.survivors is None else
+              int(torch.count_nonzero(t.survivors.to_local() if t.sharded else t.survivors)) for t in targets]
+    by_mesh: dict = {}
+    for i, t in enumerate(targets):
+        if t.sharded:
+            lay = _distributed.layout(t.param, "prune")
+            if lay.shard_dim is None and lay.coordinate != 0:
+                counts[i] = 0
+            by_mesh.setdefault(lay.mesh, (lay.group, []))[1].append(i)
+    for group, indices in by_mesh.values():
+        merged = torch.tensor([counts[i] for i in indices], dtype=torch.int64)
+        torch.distributed.all_reduce(merged, group=group)
+        for i, c in zip(indices, merged.tolist()):
+            counts[i] = c
+    return counts
 
 
 def _survivors(param: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
     """The kept entries of a weight, the one meaning every report and step uses: where a prune
     mask exists, its set entries (a kept weight may hold 0); without one, the nonzero entries (a
-    model saved after prune.remove holds its pruned weights as zeros). None: all are kept."""
+    model saved after prune.remove holds its pruned weights as zeros). None: all are kept (never
+    for a sharded weight, whose other blocks this rank cannot see without a collective)."""
     if mask is not None:
         return mask.detach().bool()  # nonzero = kept; 3x faster than != 0
     weight = param.detach()
+    if _distributed.is_dtensor(weight):
+        return weight != 0
     return None if bool(weight.all()) else weight != 0
 
 
@@ -126,6 +154,7 @@ def _scan(model: nn.Module, include: Include, op: str) -> tuple[list[_Target], l
     if include is not None and not callable(include):
         raise TypeError(f"{op}: include must be a callable include(module, fqn) -> bool, got {include!r}")
     chooses = default_include if include is None else include
+    _reshard(model)
     by_param: dict[int, _Target] = {}
     left_alone: dict[int, dict] = {}
     for fqn, module in model.named_modules():
@@ -142,7 +171,8 @@ def _scan(model: nn.Module, include: Include, op: str) -> tuple[list[_Target], l
                        f"pass include= to prune it")
                 left_alone.setdefault(id(param), {"name": name, "module": type(module).__name__, "why": why})
                 continue
-            mask = _survivors(param, getattr(module, attr + "_mask", None) if attr != pname else None)
+            sharded_mask = _distributed.is_dtensor(param) and attr + "_mask" in module._buffers
+            mask = _survivors(param, getattr(module, attr + "_mask", None) if attr != pname or sharded_mask else None)
             target = by_param.get(id(param))
             if target is None:
                 by_param[id(param)] = _Target(name, attr, [module], param, mask)
@@ -161,12 +191,25 @@ def _scan(model: nn.Module, include: Include, op: str) -> tuple[list[_Target], l
     return list(by_param.values()), list(left_alone.values())
 
 
+def _reshard(model: nn.Module) -> None:
+    """Puts every FSDP2 module's parameters back to their sharded DTensors (the root module keeps
+    its all-gathered copies after a forward without backward, e.g. an evaluation), so that steps
+    and reports see, and mask, the sharded parameters. Local: no communication."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _targets(model: nn.Module, include: Include, op: str) -> list[_Target]:
     return _scan(model, include, op)[0]
 
 
 def _kept_fraction(targets: list[_Target]) -> float:
-    return sum(t.survivor_count() for t in targets) / sum(t.param.numel() for t in targets)
+    return sum(_survivor_counts(targets)) / sum(t.param.numel() for t in targets)
 
 
 def remaining_fraction(model: nn.Module, include: Include = None) -> float:
@@ -274,10 +317,13 @@ def _apply_masks(model: nn.Module, targets: list[_Target], masks: list[torch.Ten
     calls leave a non-leaf there, which copy.deepcopy refuses); the hook recomputes it, with
     gradients to weight_orig, at every forward."""
     updates = [(module, target.attr, mask, _reusable(module, target.attr))
-               for target, mask in zip(targets, masks) for module in target.modules]
+               for target, mask in zip(targets, masks) for module in target.modules if not target.sharded]
     snapshot = _Snapshot(model, values=False)
     try:
         with torch.no_grad():
+            for target, mask in zip(targets, masks):
+                if target.sharded:
+                    _hold_sharded_mask(target, mask)
             for module, attr, mask, in_place in sorted(updates, key=lambda update: update[3]):
                 old = getattr(module, attr + "_mask", None)
                 if old is None:
@@ -290,18 +336,83 @@ def _apply_masks(model: nn.Module, targets: list[_Target], masks: list[torch.Ten
                 module._buffers[attr + "_mask"] = combined
                 setattr(module, attr, weight)
             for target, mask in zip(targets, masks):
+                if target.sharded:  # last: zeroing cannot fail, and nothing before it wrote values
+                    _zero_pruned(target.param, mask)
                 target.survivors = mask
     except BaseException:
         snapshot.restore()
         raise
 
 
+# ---- sharded weights (DTensor: FSDP2's fully_shard, tensor parallelism) -------------------------
+# torch.nn.utils.prune's reparametrisation (weight = weight_orig * weight_mask in a forward
+# pre-hook) does not compose with FSDP2, which swaps the registered parameter for its all-gathered
+# copy around each forward. A sharded weight therefore keeps its name and holds its pruned entries
+# as zeros; its mask is a bool DTensor buffer `<name>_mask`, placed like the weight, which the
+# reports and later steps read as the survivors. Every optimizer step keeps it applied: a global
+# optimizer hook zeroes the pruned entries' gradients before the step (so momentum and Adam's
+# moments of pruned weights stay zero) and the pruned weights after it (weight decay, momentum
+# from before pruning). Each rank touches only its own blocks: no communication.
+_SHARDED_MASKS = WeakIdKeyDictionary()  # parameter (by identity) -> [(module weakref, attr)]
+_optimizer_hooks: list = []
+
+
+def _hold_sharded_mask(target: _Target, mask: torch.Tensor) -> None:
+    for module in target.modules:
+        module._buffers[target.attr + "_mask"] = mask
+    holders = _SHARDED_MASKS.setdefault(target.param, [])
+    holders[:] = [(weakref.ref(m), target.attr) for m in target.modules]
+    if not _optimizer_hooks:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        _optimizer_hooks.append(register_optimizer_step_pre_hook(_mask_gradients))
+        _optimizer_hooks.append(register_optimizer_step_post_hook(_mask_weights))
+
+
+def _zero_pruned(param: torch.Tensor, mask: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.to_local().mul_(mask.to_local())
+
+
+def _sharded_masks(optimizer):
+    """(parameter, mask) for the sharded pruned parameters this optimizer steps."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for ref, attr in _SHARDED_MASKS.get(param, ()):
+                module = ref()
+                mask = module._buffers.get(attr + "_mask") if module is not None else None
+                if mask is not None:
+                    yield param, mask
+                    break
+
+
+def _mask_gradients(optimizer, args, kwargs) -> None:
+    for param, mask in _sharded_masks(optimizer):
+        if param.grad is not None:
+            grad = param.grad.to_local() if _distributed.is_dtensor(param.grad) else param.grad
+            grad.mul_(mask.to_local())
+
+
+def _mask_weights(optimizer, args, kwargs) -> None:
+    for param, mask in _sharded_masks(optimizer):
+        _zero_pruned(param, mask)
+
+
+def _number(x: torch.Tensor) -> float:
+    """A 0-d result as a Python number (a replicated DTensor's local value)."""
+    return (x.to_local() if _distributed.is_dtensor(x) else x).item()
+
+
+def _local(x):
+    return x.to_local() if _distributed.is_dtensor(x) else x
+
+
 # ---- keep-count rules (vectorised over slices) --------------------------------------------------
-def _stats(w2d: torch.Tensor, s2d: torch.Tensor | None, qs: list[float]):
-    """(sums (len(qs), rows) float64 or None without exponents, count (rows,) int64) of each row's
-    survivors, one pass (also for the count alone: torch's bool sums run 20x slower on the CPU)."""
-    sums, count = ops.lq_powsum(w2d, qs, 1, mask=s2d)
-    return sums.double() if qs else None, count
+def _stats(w: torch.Tensor, s: torch.Tensor | None, qs: list[float], dim):
+    """(sums (len(qs), slices) float64 or None without exponents, count int64) of the survivors
+    over `dim` (None: the whole tensor), one pass (also for the count alone: torch's bool sums run
+    20x slower on the CPU). For a sharded w, this rank's slices (all of them where they were merged)."""
+    sums, count = ops.lq_powsum(w, qs, dim, mask=s)
+    return _local(sums).double() if qs else None, _local(count)
 
 
 def _bounded_prune(count: torch.Tensor, keep_bound: torch.Tensor, gamma: float, beta: float) -> torch.Tensor:
@@ -373,25 +484,50 @@ def _select(targets: list[_Target], rule, scope: str, weights: list[torch.Tensor
     survivors = [t.survivors for t in targets] if survivors is None else survivors
     qs = list(rule.exponents)
     if scope == "global":
-        sums, counts = zip(*(_stats(w.reshape(1, -1), None if s is None else s.reshape(1, -1), qs)
-                             for w, s in zip(weights, survivors)))
+        sums, counts = zip(*(_stats(w, s, qs, None) for w, s in zip(weights, survivors)))
         total_sums = sum(s.to(sums[0].device) for s in sums) if qs else None
         total = sum(c.to(counts[0].device) for c in counts)
-        k = int(rule.keep(total_sums, total)[0])
+        k = int(rule.keep(total_sums, total))
         return ops.global_topk_masks(weights, k, masks=None if all(s is None for s in survivors) else
                                      [torch.ones_like(w, dtype=torch.bool) if s is None else s
                                       for w, s in zip(weights, survivors)])
     out = []
     for w, s in zip(weights, survivors):
-        rows = w.reshape(1, -1) if scope == "layer" else w.reshape(w.shape[0], -1)
-        srows = None if s is None else s.reshape(rows.shape)
-        sums, count = _stats(rows, srows, qs)
-        keep = rule.keep(sums, count)
         if scope == "layer":  # one long row: the global kernel spreads it over every thread
-            out.append(ops.global_topk_masks([w], int(keep[0]), masks=None if s is None else [s])[0])
-        else:
-            out.append(ops.topk_mask(rows, keep, 1, mask=srows, magnitude=True).reshape(w.shape))
+            keep = int(rule.keep(*_stats(w, s, qs, None)))
+            out.append(ops.global_topk_masks([w], keep, masks=None if s is None else [s])[0])
+            continue
+        rows, srows = _rows_of(w), _rows_of(s)
+        sums, count = ops.lq_powsum(rows, qs, 1, mask=srows)
+        keep = rule.keep(_local(sums).double() if qs else None, _local(count))
+        if _distributed.is_dtensor(count):  # one keep count per row, placed like the rows
+            keep = type(count).from_local(keep, count.device_mesh, count.placements, run_check=False,
+                                          shape=count.shape, stride=count.stride())
+        out.append(_unrows(ops.topk_mask(rows, keep, 1, mask=srows, magnitude=True), w))
     return out
+
+
+def _rows_of(x: torch.Tensor | None) -> torch.Tensor | None:
+    """x viewed as (out, -1): one row per neuron / filter. A sharded x is viewed block by block: a
+    block along dim 0 or 1 is contiguous in the row-major order of every row, so the view is a
+    DTensor sharded the same way (DTensor's own view refuses uneven blocks)."""
+    if x is None or not _distributed.is_dtensor(x):
+        return x if x is None else x.reshape(x.shape[0], math.prod(x.shape[1:]))
+    lay = _distributed.layout(x, "prune")
+    if lay.shard_dim not in (None, 0, 1):
+        raise ValueError(f"prune: a weight sharded along dim {lay.shard_dim} is split inside its rows' "
+                         f"row-major order; shard weights along dim 0 or 1")
+    local = x.to_local()
+    return _distributed.wrap(local.reshape(local.shape[0], math.prod(local.shape[1:])), lay, lay.shard_dim,
+                             (x.shape[0], math.prod(x.shape[1:])))
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """_rows_of undone: rows back in like's shape (and placement)."""
+    if not _distributed.is_dtensor(like):
+        return rows.reshape(like.shape)
+    lay = _distributed.layout(like, "prune")
+    return _distributed.wrap(rows.to_local().reshape(like.to_local().shape), lay, lay.shard_dim, like.shape)
 
 
 def _check_scope(scope, op: str) -> str:
@@ -406,8 +542,20 @@ def _check_beta_gamma(gamma, beta, op: str) -> tuple[float, float]:
     return gamma, beta
 
 
+def _agree_sharded(targets: list[_Target], op: str, **common) -> None:
+    """For a sharded model, one agreement over the mesh that every rank runs the same step on the
+    same weights (each step's collectives then match rank by rank); the same error on every rank
+    if not."""
+    sharded = [t for t in targets if t.sharded]
+    if sharded:
+        weights = [(t.name, tuple(t.param.shape), str(t.param.placements[0]) if t.sharded else "plain")
+                   for t in targets]
+        _distributed.agree(_distributed.layout(sharded[0].param, op).group, op, {**common, "weights": weights})
+
+
 def _prune(model, include, rule, scope, op) -> nn.Module:
     targets, left_alone = _scan(model, include, op)
+    _agree_sharded(targets, op, rule=repr(rule), scope=scope)
     before = _counts_to_log(targets)
     with user_terms(op):  # e.g. NaN weights, or an LQK_BACKEND that cannot run here
         masks = _select(targets, rule, scope)
@@ -417,8 +565,12 @@ def _prune(model, include, rule, scope, op) -> nn.Module:
 
 
 def _counts_to_log(targets: list[_Target]) -> list[int] | None:
-    """Each target's survivors before a step, if the step's log record will be emitted."""
-    return [t.survivor_count() for t in targets] if _log.isEnabledFor(logging.INFO) else None
+    """Each target's survivors before a step, if the step's log record will be emitted (always for
+    a sharded model: counting is a collective, and every rank must take the same path whatever
+    its log level)."""
+    if _log.isEnabledFor(logging.INFO) or any(t.sharded for t in targets):
+        return _survivor_counts(targets)
+    return None
 
 
 def _log_step(op: str, targets: list[_Target], before: list[int] | None, left_alone: list[dict]) -> None:
@@ -426,8 +578,11 @@ def _log_step(op: str, targets: list[_Target], before: list[int] | None, left_al
     before and after; then the weights it left alone and why."""
     if before is None:
         return
+    after = _survivor_counts(targets)
+    if not _log.isEnabledFor(logging.INFO):
+        return
     rows = [{"layer": t.name, "module": type(t.modules[0]).__name__, "shape": "x".join(map(str, t.param.shape)),
-             "before": b, "kept": t.survivor_count(), "params": t.param.numel()} for t, b in zip(targets, before)]
+             "before": b, "kept": a, "params": t.param.numel()} for t, b, a in zip(targets, before, after)]
     total = {"layer": "all weights", "module": "", "shape": f"{len(rows)} tensors",
              **{k: sum(r[k] for r in rows) for k in ("before", "kept", "params")}}
     for row in [*rows, total]:
@@ -618,6 +773,7 @@ def compressibility(model: nn.Module, *, q: float = 0.5, p: float = 0.5, pq: flo
                                         input_bound=input_bound, input_norm=input_norm)
         settings["tolerance"] = float(tolerance)
     targets, left_alone = _scan(model, include, op)
+    _agree_sharded(targets, op, settings=settings)
     with user_terms(op):
         report = _measure(targets, settings, scope, tolerance)
     report.left_alone = left_alone
@@ -636,46 +792,78 @@ def _measure(targets: list[_Target], settings: dict, scope: str, tolerance) -> C
             for i in range(w2d.shape[0]):  # unpacking finished per-row tensors into dicts
                 report.neurons.append({k: (v[i] if isinstance(v, list) else v) for k, v in per_row.items()}
                                       | {"neuron": i})
-    flat = torch.cat([t.weight.reshape(-1) for t in targets])
-    survivors = None if all(t.survivors is None for t in targets) else torch.cat(
-        [(torch.ones_like(t.weight, dtype=torch.bool) if t.survivors is None else t.survivors).reshape(-1)
-         for t in targets])
-    report.total = _measure_row(flat, survivors, settings, dim=None, layer="all weights", scope="global")
+    flat, survivors, group = _concatenated(targets)
+    report.total = _measure_row(flat, survivors, settings, dim=None, layer="all weights", scope="global",
+                                group=group)
     report.total["shape"] = f"{len(targets)} tensors"
+    report.total["params"] = sum(t.param.numel() for t in targets)
     if tolerance is not None:
         report.total["keep_eps"] = sum(r["keep_eps"] for r in report.layers)
     return report
 
 
-def _measure_row(w, mask, s: dict, *, dim, layer: str, scope: str) -> dict:
-    """Every measure of `w` over `dim` (None: the whole tensor) as Python numbers (lists per row)."""
+def _concatenated(targets: list[_Target]):
+    """(every weight flattened into one vector, its survivors or None, group): one copy of the
+    weights. For a sharded model, this rank's blocks (a replicated weight on one rank only) and
+    the mesh's group, over which the measures merge them."""
+    sharded = [t for t in targets if t.sharded]
+    group = None
+    if sharded:
+        layouts = [_distributed.layout(t.param, "compressibility") for t in sharded]
+        if any(lay.mesh != layouts[0].mesh for lay in layouts):
+            raise ValueError("compressibility: the model's weights live on different device meshes; "
+                             "the total over all weights needs one")
+        group = layouts[0].group
+
+    def block(t: _Target, x: torch.Tensor) -> torch.Tensor:
+        if not sharded:
+            return x.reshape(-1)
+        owned = t.sharded and _distributed.layout(t.param, "compressibility").shard_dim is not None
+        local = _local(x).reshape(-1)
+        return local if owned or layouts[0].coordinate == 0 else local[:0]
+
+    flat = torch.cat([block(t, t.weight) for t in targets])
+    survivors = None if all(t.survivors is None for t in targets) else torch.cat(
+        [block(t, torch.ones_like(t.weight, dtype=torch.bool) if t.survivors is None else t.survivors)
+         for t in targets])
+    return flat, survivors, group
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """A result whole on this rank (a sharded DTensor's blocks gathered: O(rows) numbers)."""
+    return x.full_tensor() if _distributed.is_dtensor(x) else x
+
+
+def _measure_row(w, mask, s: dict, *, dim, layer: str, scope: str, group=None) -> dict:
+    """Every measure of `w` over `dim` (None: the whole tensor) as Python numbers (lists per row);
+    with `group`, w is this rank's part of one vector split across the group."""
     def value(x):
+        x = _full(x)
         return x.tolist() if dim is not None else x.item()
 
-    pqi = ops.pq_index(w, s["p"], s["pq"], dim, mask=mask).double()
-    count = ops.lq_powsum(w, [], dim, mask=mask).count
+    pqi = _full(ops.pq_index(w, s["p"], s["pq"], dim, mask=mask, group=group)).double()
+    count = _full(ops.lq_powsum(w, [], dim, mask=mask, group=group).count)
     ratio = (1 + s["eta"]) ** (-s["pq"] / (s["pq"] - s["p"])) * (1 - pqi).pow(s["pq"] * s["p"] / (s["pq"] - s["p"]))
     ratio = torch.where(count > 0, ratio, 0.0)
     row = {"scope": scope, "layer": layer, "shape": "x".join(map(str, w.shape)) if dim is None else str(w.shape[1]),
            "params": w.numel() if dim is None else w.shape[1], "survivors": value(count),
            "q": s["q"], "p": s["p"], "pq": s["pq"],
-           "lq_norm": value(ops.lq_norm(w, s["q"], dim, mask=mask)),
-           "si": value(ops.sparsity_index(w, s["q"], dim, mask=mask)),
-           "pqi": value(pqi), "hoyer": value(ops.hoyer(w, dim, mask=mask)),
-           "gini": value(ops.gini(w, dim, mask=mask)),
+           "lq_norm": value(ops.lq_norm(w, s["q"], dim, mask=mask, group=group)),
+           "si": value(ops.sparsity_index(w, s["q"], dim, mask=mask, group=group)),
+           "pqi": value(pqi), "hoyer": value(ops.hoyer(w, dim, mask=mask, group=group)),
+           "gini": value(ops.gini(w, dim, mask=mask, group=group)),
            "keep_ratio": value(ratio), "keep_pqi": value(theory.ceil_count(ratio * count, count))}
     if s["tolerance"] is not None:
-        rows = w.reshape(w.shape[0], -1) if dim is None and scope == "layer" else w
-        rmask = None if mask is None else mask.reshape(rows.shape)
+        rows, rmask = (_rows_of(w), _rows_of(mask)) if dim is None and scope == "layer" else (w, mask)
         if scope == "layer":  # the guarantee is per neuron: sum the rows' counts
             counts = theory.keep_count_for_tolerance(rows, s["tolerance"], s["q"], 1, lipschitz=s["lipschitz"],
                                                      input_bound=s["input_bound"], input_norm=s["input_norm"],
                                                      mask=rmask)
-            row["keep_eps"] = int(counts.sum())
+            row["keep_eps"] = int(_full(counts).sum())
         elif scope == "neuron":
-            row["keep_eps"] = theory.keep_count_for_tolerance(
+            row["keep_eps"] = _full(theory.keep_count_for_tolerance(
                 w, s["tolerance"], s["q"], 1, lipschitz=s["lipschitz"], input_bound=s["input_bound"],
-                input_norm=s["input_norm"], mask=mask).tolist()
+                input_norm=s["input_norm"], mask=mask)).tolist()
     return row
 
 
@@ -767,6 +955,10 @@ def _rewind(pairs) -> None:
 def _refresh(targets: list[_Target]) -> None:
     """Recomputes weight = weight_orig * weight_mask after the originals changed outside a forward."""
     for t in targets:
+        if t.sharded:
+            if t.survivors is not None and t.attr + "_mask" in t.modules[0]._buffers:
+                _zero_pruned(t.param, t.survivors)
+            continue
         for module in t.modules:
             if hasattr(module, t.attr + "_mask"):
                 setattr(module, t.attr, getattr(module, t.attr + "_orig") * getattr(module, t.attr + "_mask"))
@@ -776,7 +968,7 @@ def _record(model, targets, t: int, p: float, q: float, metrics) -> dict:
     remaining, pqi = {}, {}
     for target in targets:
         remaining[target.name] = target.survivor_count() / target.param.numel()
-        pqi[target.name] = ops.pq_index(target.weight, p, q, mask=target.survivors).item()
+        pqi[target.name] = _number(ops.pq_index(target.weight, p, q, mask=target.survivors))
     return {"round": t, "remaining": remaining, "remaining_total": _kept_fraction(targets),
             "pqi": pqi, "metrics": metrics}
 
@@ -848,6 +1040,7 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
     history = History({"method": method, "scope": scope, "rounds": rounds, "p": p, "q": q, "eta": eta,
                        "gamma": gamma, "beta": beta, "amount": amount,
                        "rewind": rewind if isinstance(rewind, str) else "state_dict"})
+    _agree_sharded(targets, op, settings=history.settings)
     from tqdm.auto import tqdm
 
     dense, stage, t = None, "pruning", 0

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from lqkernels import _backend
+from lqkernels import _backend, _distributed
 from lqkernels._checks import check_mask, check_scores, user_terms
 
 __all__ = ["topk_mask", "topk_threshold", "global_topk_masks", "nm_mask"]
@@ -71,8 +71,10 @@ def _check_selectable(x2d: torch.Tensor, k: torch.Tensor, mask2d: torch.Tensor |
                          f"candidates (k must be in [0, {candidates[row].item()}])")
 
 
-def _row_topk(scores, k, dim, mask, magnitude, largest, backend, op):
+def _row_topk(scores, k, dim, mask, magnitude, largest, backend, op, group=None):
     """(mask, threshold) of the per-slice selection, shaped like scores / like one slice."""
+    if group is not None or _distributed.is_dtensor(scores) or _distributed.is_dtensor(mask):
+        return _spread_row_topk(scores, k, dim, mask, magnitude, largest, backend, op, group)
     check_scores(scores, op, "scores")
     check_mask(mask, scores, op, of="scores")
     magnitude = _check_flag("magnitude", magnitude, op)
@@ -94,37 +96,149 @@ def _row_topk(scores, k, dim, mask, magnitude, largest, backend, op):
     return out, threshold.reshape(slice_shape if scores.dim() else [])
 
 
+def _local_k(k, lay, dim: int, scores, op: str):
+    """k for the local block of a DTensor whose slices are whole on every rank: an int; a DTensor
+    placed like the slices (Shard of the same dim, or Replicate); or a plain tensor of the global
+    slice shape, of which the block's part is taken."""
+    slice_shard = None if lay.shard_dim is None else lay.shard_dim - (lay.shard_dim > dim)
+    if _distributed.is_dtensor(k):
+        k_layout = _distributed.layout(k, op, "k")
+        if k_layout.mesh != lay.mesh or k_layout.shard_dim != slice_shard:
+            raise ValueError(f"{op}: k is {k.placements[0]} on {k.device_mesh}; for scores {scores.placements[0]} "
+                             f"on {scores.device_mesh} it must be "
+                             f"{'Replicate()' if slice_shard is None else f'Shard({slice_shard})'} on the same mesh")
+        return k.to_local()
+    if not isinstance(k, torch.Tensor) or slice_shard is None or k.dim() <= slice_shard:
+        return k  # an int, or a tensor every rank holds whole (checked against the slice shape)
+    local = scores.to_local().shape[lay.shard_dim]
+    chunk = -(-scores.shape[lay.shard_dim] // lay.world)
+    start = min(lay.coordinate * chunk, scores.shape[lay.shard_dim])
+    if k.shape[slice_shard] != scores.shape[lay.shard_dim] or start + local > k.shape[slice_shard]:
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)}; it needs one entry per slice, shape "
+                         f"{tuple(s for i, s in enumerate(scores.shape) if i != dim)} (or pass k as a DTensor "
+                         f"placed like the slices)")
+    return k.narrow(slice_shard, start, local)
+
+
+def _spread_row_topk(scores, k, dim, mask, magnitude, largest, backend, op, group):
+    """_row_topk for DTensor scores or group=: slices whole on every rank go to the local kernel;
+    slices split across ranks (sharded along `dim`, or group=) go to the distributed radix select
+    (lqkernels._distributed.radix_topk), ties by position in the whole slice."""
+    if _distributed.is_dtensor(scores):
+        if group is not None:
+            raise ValueError(f"{op}: group= is for plain tensors split by the caller; a DTensor carries its own mesh")
+        lay, local, local_mask = _distributed.local_pair(scores, mask, op, of="scores")
+        dim = _check_dim(dim, scores.dim(), op)
+        slice_shape = [n for i, n in enumerate(scores.shape) if i != dim] if scores.dim() else []
+        if lay.shard_dim != dim or scores.dim() == 0:
+            out, threshold = _row_topk(local, _local_k(k, lay, dim, scores, op), dim, local_mask, magnitude,
+                                       largest, backend, op)
+            slice_shard = None if lay.shard_dim is None else lay.shard_dim - (lay.shard_dim > dim)
+            return (_distributed.wrap(out, lay, lay.shard_dim, scores.shape),
+                    _distributed.wrap(threshold, lay, slice_shard, slice_shape))
+        group, coordinate = lay.group, lay.coordinate
+        if _distributed.is_dtensor(k):
+            if _distributed.layout(k, op, "k").shard_dim is not None:
+                raise ValueError(f"{op}: the slices are split across ranks, so k must be the same on every "
+                                 f"rank: an int, a plain tensor or a replicated DTensor, got {k.placements[0]}")
+            k = k.to_local()
+    else:
+        if _distributed.is_dtensor(mask):
+            raise ValueError(f"{op}: mask is a DTensor but scores are a {type(scores).__name__}; pass both as DTensors")
+        group = _distributed.check_group(group, op)
+        lay, local, local_mask, coordinate = None, scores, mask, torch.distributed.get_rank(group)
+    prepared = {}
+
+    def prepare():  # the single-process checks, run inside the agreement
+        check_scores(local, op, "scores")
+        check_mask(local_mask, local, op, of="scores")
+        prepared["flags"] = (_check_flag("magnitude", magnitude, op), _check_flag("largest", largest, op))
+        d = _check_dim(dim, local.dim(), op)
+        x = local.reshape(1) if local.dim() == 0 else local
+        moved = x.movedim(d, -1)
+        k_rows = _per_slice_k(k, list(moved.shape[:-1]) if local.dim() else [], local.device, op)
+        prepared.update(d=d, moved=moved, k=k_rows)
+
+    common = {"k": k if isinstance(k, int) else _distributed.digest(k), "dim": dim, "magnitude": magnitude,
+              "largest": largest, "mask": local_mask is not None,
+              "slices": _slice_shape(local, dim)}
+    ranks = _distributed.agree(group, op, common, {"coordinate": coordinate, "width": _width(local, dim),
+                                                   "dtype": str(getattr(local, "dtype", ""))}, prepare)
+    ranks.sort(key=lambda r: r["coordinate"])
+    offset = sum(r["width"] for r in ranks if r["coordinate"] < coordinate)
+    magnitude, largest = prepared["flags"]
+    d, moved, k_rows = prepared["d"], prepared["moved"], prepared["k"]
+    x2d = moved.reshape(k_rows.shape[0], moved.shape[-1])
+    m2d = local_mask.reshape(1) if local_mask is not None and local.dim() == 0 else local_mask
+    m2d = m2d.movedim(d, -1).reshape(x2d.shape) if m2d is not None else None
+    piece = _distributed.Piece(x2d, m2d, True, lambda rows, cols: cols + offset)
+    with user_terms(op):
+        (out2d,), threshold = _distributed.radix_topk([piece], k_rows, magnitude, largest, group, op,
+                                                      _finest(ranks), want_threshold=op == "topk_threshold")
+    out = out2d.reshape(moved.shape).movedim(-1, d).reshape(local.shape)
+    slice_shape = list(moved.shape[:-1]) if local.dim() else []
+    threshold = (threshold.to(local.dtype).reshape(slice_shape) if threshold is not None
+                 else local.new_empty(slice_shape))
+    if lay is None:
+        return out, threshold
+    return _distributed.wrap(out, lay, lay.shard_dim, scores.shape), _distributed.wrap(threshold, lay, None, slice_shape)
+
+
+def _slice_shape(x, dim):
+    """x's shape without dim (None when x or dim is invalid: the checks say why)."""
+    try:
+        return [n for i, n in enumerate(x.shape) if i != _check_dim(dim, x.dim(), "")]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _width(x, dim) -> int:
+    """x's length along dim (0 when x or dim is invalid: the checks say why)."""
+    try:
+        return x.reshape(1).shape[0] if x.dim() == 0 else x.shape[dim]
+    except (AttributeError, IndexError, TypeError, RuntimeError):
+        return 0
+
+
+def _finest(ranks: list[dict]) -> torch.dtype:
+    """The ranks' dtype with the most significand bits (whose keys need the most select passes)."""
+    dtypes = [getattr(torch, r["dtype"].replace("torch.", ""), None) for r in ranks if r["dtype"]]
+    dtypes = [t for t in dtypes if isinstance(t, torch.dtype) and t.is_floating_point]
+    return max(dtypes, key=_distributed.fraction_bits, default=torch.float64)
+
+
 def topk_mask(scores: torch.Tensor, k, dim: int = -1, *, mask: torch.Tensor | None = None,
-              magnitude: bool = False, largest: bool = True, backend: str | None = None) -> torch.Tensor:
+              magnitude: bool = False, largest: bool = True, backend: str | None = None,
+              group=None) -> torch.Tensor:
     """Bool tensor of scores' shape with exactly k_i True entries in each slice along `dim`.
 
     k: an int, or an integer tensor with one entry per slice (scores' shape without `dim`), each
     in [0, candidates of its slice]. mask: bool, scores' shape; only True entries are candidates.
     magnitude=True ranks by |scores|; largest=False selects the smallest. Ties at the boundary:
     lowest index first (see the module docstring). dtypes float16, bfloat16, float32, float64.
+
+    Sharded scores: a DTensor (any 1-D mesh, Shard or Replicate; mask a DTensor placed alike)
+    gives a DTensor mask placed like scores; with `group=` (a process group, or True for the
+    default one) each rank passes a column block of every slice (its part along `dim`, blocks in
+    rank order), the same k and its mask block, and gets its block of the mask. Either way the
+    mask is bit-identical to the single-process one (ties by position in the whole slice).
     """
-    return _row_topk(scores, k, dim, mask, magnitude, largest, backend, "topk_mask")[0]
+    return _row_topk(scores, k, dim, mask, magnitude, largest, backend, "topk_mask", group)[0]
 
 
 def topk_threshold(scores: torch.Tensor, k, dim: int = -1, *, mask: torch.Tensor | None = None,
-                   magnitude: bool = False, largest: bool = True, backend: str | None = None) -> torch.Tensor:
+                   magnitude: bool = False, largest: bool = True, backend: str | None = None,
+                   group=None) -> torch.Tensor:
     """The k_i-th ranked score of each slice (|score| with magnitude=True), in scores' dtype and
     with scores' shape without `dim`; +inf for k_i = 0 (-inf when largest=False). Same arguments
-    as topk_mask. With ties, `scores >= threshold` can hold more than k_i entries: topk_mask
-    breaks them exactly."""
-    return _row_topk(scores, k, dim, mask, magnitude, largest, backend, "topk_threshold")[1]
+    as topk_mask (sharded scores too: the thresholds of split slices are the same on every rank).
+    With ties, `scores >= threshold` can hold more than k_i entries: topk_mask breaks them exactly."""
+    return _row_topk(scores, k, dim, mask, magnitude, largest, backend, "topk_threshold", group)[1]
 
 
-def global_topk_masks(tensors: Sequence[torch.Tensor], k: int, *, masks: Sequence[torch.Tensor] | None = None,
-                      magnitude: bool = True, largest: bool = True, backend: str | None = None) -> list[torch.Tensor]:
-    """One bool mask per tensor, exactly k True over all of them, ranked together without
-    concatenating them (one k-th value over a whole model's weights: global pruning).
-
-    tensors: one floating dtype, one device, any shapes. masks: None or one bool mask per tensor
-    (candidates). Ties: tensor order, then flat index. k in [0, total candidates].
-    """
-    op = "global_topk_masks"
-    if isinstance(tensors, torch.Tensor) or not len(tensors):
+def _check_global(tensors, masks, k, magnitude, largest, op: str, allow_empty: bool = False):
+    """global_topk_masks' argument checks; returns (magnitude, largest)."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence) or not (len(tensors) or allow_empty):
         raise TypeError(f"{op}: tensors must be a non-empty sequence of tensors")
     for i, t in enumerate(tensors):
         check_scores(t, op, f"tensors[{i}]")
@@ -138,8 +252,30 @@ def global_topk_masks(tensors: Sequence[torch.Tensor], k: int, *, masks: Sequenc
             check_mask(m, t, op, f"masks[{i}]", f"tensors[{i}]")
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{op}: k must be an int, got {k!r}")
-    magnitude = _check_flag("magnitude", magnitude, op)
-    largest = _check_flag("largest", largest, op)
+    return _check_flag("magnitude", magnitude, op), _check_flag("largest", largest, op)
+
+
+def global_topk_masks(tensors: Sequence[torch.Tensor], k: int, *, masks: Sequence[torch.Tensor] | None = None,
+                      magnitude: bool = True, largest: bool = True, backend: str | None = None,
+                      group=None) -> list[torch.Tensor]:
+    """One bool mask per tensor, exactly k True over all of them, ranked together without
+    concatenating them (one k-th value over a whole model's weights: global pruning).
+
+    tensors: one floating dtype, one device, any shapes. masks: None or one bool mask per tensor
+    (candidates). Ties: tensor order, then flat index. k in [0, total candidates].
+
+    Spread over ranks: DTensors (one 1-D mesh, each tensor Shard(d) or Replicate, masks DTensors
+    placed alike) give DTensor masks placed like their tensors, ties ordered by the unsharded
+    tensor list and flat index; with `group=` (a process group, or True for the default one) each
+    rank passes its own tensors (possibly none) and k counts over the union, ties ordered by rank,
+    then that rank's list, then flat index. Either way the result equals the single-process one on
+    the concatenated list, and per rank only digit histograms travel (no tensor data).
+    """
+    op = "global_topk_masks"
+    spread = any(_distributed.is_dtensor(t) for t in list(tensors) + list(masks or []))
+    if group is not None or spread:
+        return _spread_global_topk(tensors, k, masks, magnitude, largest, group, op)
+    magnitude, largest = _check_global(tensors, masks, k, magnitude, largest, op)
     with user_terms(op):
         chosen = _backend.resolve("global_topk_masks", backend, tensors[0].device)
         if chosen in ("torch", "triton"):
@@ -153,6 +289,85 @@ def global_topk_masks(tensors: Sequence[torch.Tensor], k: int, *, masks: Sequenc
                 raise ValueError(f"{op}: k = {k} but the tensors hold {total} candidates (k must be in [0, {total}])")
         return list(_backend.kernel("global_topk_masks", chosen)(
             list(tensors), list(masks) if masks is not None else None, k, magnitude, largest))
+
+
+def _global_flat(cols: torch.Tensor, local_shape, global_shape, shard_dim: int | None, offset: int) -> torch.Tensor:
+    """Flat indices into a tensor of `global_shape` of the entries at flat indices `cols` of its
+    local block (`local_shape`, starting at `offset` along `shard_dim`)."""
+    if shard_dim is None or not len(local_shape):
+        return cols
+    index = torch.unravel_index(cols, tuple(local_shape))
+    strides = torch.empty(global_shape, device="meta").stride()
+    flat = torch.zeros_like(cols)
+    for d, (i, stride) in enumerate(zip(index, strides)):
+        flat += (i + (offset if d == shard_dim else 0)) * stride
+    return flat
+
+
+def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
+    """global_topk_masks over DTensors (the mesh's ranks) or over each rank's own tensors (group=)."""
+    tensors = list(tensors) if isinstance(tensors, Sequence) and not isinstance(tensors, torch.Tensor) else tensors
+    dtensors = group is None
+    if dtensors:
+        if not isinstance(tensors, list) or not tensors or not all(_distributed.is_dtensor(t) for t in tensors):
+            raise ValueError(f"{op}: mix of DTensors and plain tensors; pass every tensor (and mask) as a DTensor "
+                             f"on one mesh, or plain tensors with group=")
+        pairs = [_distributed.local_pair(t, None if masks is None else masks[i], op, f"tensors[{i}]")
+                 for i, t in enumerate(tensors)]
+        layouts = [p[0] for p in pairs]
+        if any(lay.mesh != layouts[0].mesh for lay in layouts):
+            raise ValueError(f"{op}: the tensors live on different device meshes; they must share one")
+        group, coordinate = layouts[0].group, layouts[0].coordinate
+        local = [p[1] for p in pairs]
+        local_masks = None if masks is None else [p[2] for p in pairs]
+        common = {"k": k, "magnitude": magnitude, "largest": largest, "masks": masks is not None,
+                  "tensors": [(tuple(t.shape), str(t.placements[0]), str(t.dtype)) for t in tensors]}
+        facts = {"coordinate": coordinate, "dtype": str(tensors[0].dtype),
+                 "starts": [0 if lay.shard_dim is None else t.shape[lay.shard_dim] for lay, t in zip(layouts, local)]}
+    else:
+        if any(_distributed.is_dtensor(t) for t in list(tensors or []) + list(masks or [])):
+            raise ValueError(f"{op}: group= is for plain tensors split by the caller; DTensors carry their own mesh")
+        group = _distributed.check_group(group, op)
+        coordinate, local, local_masks = torch.distributed.get_rank(group), tensors, masks
+        common = {"k": k, "magnitude": magnitude, "largest": largest}
+        facts = {"coordinate": coordinate, "dtype": str(tensors[0].dtype) if _nonempty(tensors) else "",
+                 "total": sum(t.numel() for t in tensors) if _nonempty(tensors) else 0}
+    flags = {}
+
+    def check():
+        flags["flags"] = _check_global(local, local_masks, k, magnitude, largest, op, allow_empty=not dtensors)
+
+    ranks = sorted(_distributed.agree(group, op, common, facts, check), key=lambda r: r["coordinate"])
+    magnitude, largest = flags["flags"]
+    pieces, base = [], 0
+    if dtensors:
+        for i, (lay, t, full) in enumerate(zip(layouts, local, tensors)):
+            offset = sum(r["starts"][i] for r in ranks if r["coordinate"] < coordinate)
+            position = (lambda rows, cols, base=base, lay=lay, t=t, full=full, offset=offset:
+                        base + _global_flat(cols, t.shape, full.shape, lay.shard_dim, offset))
+            pieces.append(_distributed.Piece(t.reshape(1, -1), None if local_masks is None else
+                                             local_masks[i].reshape(1, -1), lay.shard_dim is not None or coordinate == 0,
+                                             position))
+            base += full.numel()
+    else:
+        base = sum(r["total"] for r in ranks if r["coordinate"] < coordinate)
+        for i, t in enumerate(local):
+            pieces.append(_distributed.Piece(t.reshape(1, -1), None if local_masks is None else
+                                             local_masks[i].reshape(1, -1), True,
+                                             lambda rows, cols, base=base: base + cols))
+            base += t.numel()
+    device = _distributed.comm_device(group, [p.x2d for p in pieces])
+    with user_terms(op):
+        out, _ = _distributed.radix_topk(pieces, torch.tensor([k], device=device), magnitude, largest, group, op,
+                                         _finest(ranks))
+    out = [m.reshape(t.shape) for m, t in zip(out, local)]
+    if not dtensors:
+        return out
+    return [_distributed.wrap(m, lay, lay.shard_dim, full.shape) for m, lay, full in zip(out, layouts, tensors)]
+
+
+def _nonempty(tensors) -> bool:
+    return isinstance(tensors, Sequence) and len(tensors) > 0 and isinstance(tensors[0], torch.Tensor)
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, magnitude: bool = True,

@@ -1,0 +1,367 @@
+"""Decisions over tensors spread across processes (torch.distributed): what the public ops run for
+DTensor inputs and for their `group=` argument (README, "Pruning a sharded model").
+
+Every lqkernels decision is built from pieces that merge, so no rank ever needs another rank's
+weights:
+  * power sums relative to the slice maximum (lqkernels._ops): one all-reduce of the maxima, then
+    one of the sums rescaled to the common maximum, T = Σ_r T_r·(scale_r / scale)^q, the rule a
+    process uses between its own blocks; overflow-free for any finite input;
+  * top-k: a radix select over 64-bit ranking keys whose unsigned order is the ranking; each pass
+    all-reduces a histogram of the next digit of the entries still tied with the boundary
+    (at most 65536 counters per pass, whatever the data size), then each rank keeps those whose
+    digit is the boundary's. Entries tied with the k-th key are ranked by their position in the
+    unsharded data (a second select over positions), so masks are bit-identical to the
+    single-process answer, ties included.
+
+Collective discipline (no rank is left waiting): every op first gathers each rank's arguments and
+local check outcome in one small all_gather_object; if any rank's check failed, or the ranks
+disagree on an argument that must be common (k, q, dim, scope, dtype, ...), every rank raises the
+same exception. After that every rank runs the same sequence of collectives whatever its data
+(an empty shard contributes zeros), and data errors found there (NaN among candidates, k above
+the candidates) are raised by every rank from the merged counts. A rank that never calls the op
+is the one case left to the process group's timeout.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+try:  # torch >= 2.5 exposes DTensor publicly
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # pragma: no cover - a torch built without distributed support
+    DTensor = Replicate = Shard = None
+
+MAX_COUNTERS = 1 << 16  # histogram bins per select pass, all rows together
+_SIGN = -(1 << 63)       # the sign bit of an int64
+
+
+def is_dtensor(x) -> bool:
+    return DTensor is not None and isinstance(x, DTensor)
+
+
+def check_group(group, op: str):
+    """The process group of a `group=` argument (dist.group.WORLD for True), checked."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{op}: group= needs torch.distributed initialised (init_process_group)")
+    if group is True:
+        return dist.group.WORLD
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"{op}: group must be a torch.distributed ProcessGroup (or True for the "
+                        f"default group), got {group!r}")
+    if dist.get_rank(group) < 0:
+        raise ValueError(f"{op}: this process is not a member of the group it passed")
+    return group
+
+
+# ---- layouts --------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    """Where a DTensor's local block lies: its 1-D mesh, group, this rank's coordinate, and the
+    sharded dim (None when replicated)."""
+    mesh: object
+    group: object
+    coordinate: int
+    world: int
+    shard_dim: int | None
+
+    @property
+    def placement(self):
+        return Replicate() if self.shard_dim is None else Shard(self.shard_dim)
+
+    def same_as(self, other: "Layout") -> bool:
+        return self.mesh == other.mesh and self.shard_dim == other.shard_dim
+
+
+def layout(x, op: str, name: str = "x") -> Layout:
+    """The layout of DTensor `x`: a 1-D mesh, placement Shard(d) or Replicate (else ValueError)."""
+    mesh = x.device_mesh
+    if mesh.ndim != 1:
+        raise ValueError(f"{op}: {name} lives on a {mesh.ndim}-D device mesh; lqkernels takes DTensors on "
+                         f"1-D meshes (flatten the mesh or redistribute)")
+    placement = x.placements[0]
+    if placement.is_shard():
+        shard_dim = placement.dim % max(x.dim(), 1)
+    elif placement.is_replicate():
+        shard_dim = None
+    else:
+        raise ValueError(f"{op}: {name} has placement {placement}; lqkernels takes Shard(d) or Replicate() "
+                         f"(redistribute a Partial tensor first)")
+    return Layout(mesh, mesh.get_group(), mesh.get_local_rank(), mesh.size(), shard_dim)
+
+
+def local_pair(x, mask, op: str, of: str = "x"):
+    """(layout, local x, local mask) of a DTensor x and its mask, which must be a DTensor of x's
+    global shape on the same mesh with the same placement."""
+    lay = layout(x, op, of)
+    if mask is None:
+        return lay, x.to_local(), None
+    if not is_dtensor(mask):
+        raise ValueError(f"{op}: {of} is a DTensor, so mask must be one too (same mesh and placement), "
+                         f"got a {type(mask).__name__}")
+    if mask.shape != x.shape:
+        raise ValueError(f"{op}: mask shape {tuple(mask.shape)} does not match {of} shape {tuple(x.shape)}")
+    mask_layout = layout(mask, op, "mask")
+    if not lay.same_as(mask_layout):
+        raise ValueError(f"{op}: mask is {mask.placements[0]} on {mask.device_mesh}, {of} is "
+                         f"{x.placements[0]} on {x.device_mesh}; they must match")
+    return lay, x.to_local(), mask.to_local()
+
+
+def wrap(local: torch.Tensor, like: Layout, shard_dim: int | None, shape) -> torch.Tensor:
+    """`local` as a DTensor on like's mesh, sharded on `shard_dim` (None: replicated), of global
+    `shape` (uneven shards need it)."""
+    shape = torch.Size(shape)
+    placement = Replicate() if shard_dim is None else Shard(shard_dim)
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, like.mesh, [placement], run_check=False, shape=shape, stride=stride)
+
+
+# ---- agreement ------------------------------------------------------------------------------
+def agree(group, op: str, common: dict, local: dict | None = None, check: Callable[[], None] | None = None) -> list[dict]:
+    """One all_gather_object of every rank's `common` arguments, `local` facts and the outcome of
+    its `check()`; returns the ranks' `local` dicts. Raises the same exception on every rank if
+    a check failed anywhere or the ranks' `common` differ."""
+    error = None
+    if check is not None:
+        try:
+            check()
+        except (TypeError, ValueError) as e:
+            error = (type(e).__name__, str(e))
+    rank = dist.get_rank(group)
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (rank, common, local or {}, error), group=group)
+    for r, _, _, err in gathered:
+        if err is not None:
+            kind, message = err
+            raise (TypeError if kind == "TypeError" else ValueError)(f"{message} (raised on rank {r}; every rank stops)")
+    first = gathered[0][1]
+    for r, theirs, _, _ in gathered[1:]:
+        for key in first:
+            if theirs.get(key) != first.get(key):
+                raise ValueError(f"{op}: the ranks disagree on {key}: rank {gathered[0][0]} passed {first[key]!r}, "
+                                 f"rank {r} passed {theirs.get(key)!r}; every rank must pass the same")
+    return [entry[2] for entry in gathered]
+
+
+def digest(t: torch.Tensor | None):
+    """A small exact fingerprint of an integer tensor (shape, sum, position-weighted sum), for agree()."""
+    if t is None or not isinstance(t, torch.Tensor):
+        return t
+    flat = t.reshape(-1).to(torch.int64).cpu()
+    return tuple(t.shape), int(flat.sum()), int((flat * torch.arange(1, flat.numel() + 1)).sum())
+
+
+# ---- power sums -------------------------------------------------------------------------------
+def merge_powsums(sums: torch.Tensor, count: torch.Tensor, scale: torch.Tensor, qs: Sequence[float], group):
+    """The row_powsum statistics (T_q rows, count, scale; float64) of slices split across the
+    group's ranks, from each rank's statistics of its part: scale = the largest part scale,
+    T_q = Σ_r T_q,r · (scale_r / scale)^q (a part at the maximum counts 1:1, so inf/inf stays 1),
+    count = Σ count_r, NaN anywhere gives NaN."""
+    nan = scale.isnan()
+    top = torch.where(nan, 0.0, scale)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    q = torch.tensor(list(qs), dtype=torch.float64, device=sums.device)[:, None]
+    factor = torch.where(scale == top, 1.0, (scale / top).pow(q))
+    factor = torch.where(sums == 0, 0.0, factor)  # a part of zeros (or none) adds nothing, whatever its scale
+    merged = torch.cat([sums * factor, count.double()[None], nan.double()[None]])
+    dist.all_reduce(merged, group=group)
+    any_nan = merged[-1] > 0
+    return merged[:-2], merged[-2].round().to(torch.int64), torch.where(any_nan, math.nan, top)
+
+
+# ---- selection ----------------------------------------------------------------------------------
+@dataclass
+class Piece:
+    """One rank's entries of a selection, viewed as (rows, n) rows of the selection: scores, the
+    candidates among them (None: all), whether this rank counts them (a replicated tensor is
+    counted by one rank only but masked by all) and `position(rows, cols)`, each entry's place in
+    the unsharded order of its row (int64 >= 0, distinct), which breaks ties."""
+    x2d: torch.Tensor
+    candidates: torch.Tensor | None
+    counted: bool
+    position: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ranking_keys(x: torch.Tensor, magnitude: bool, largest: bool) -> torch.Tensor:
+    """int64 keys whose order as unsigned 64-bit numbers is the ranking (best = largest): the
+    float64 value's bits with negative values' bits inverted and the sign bit of the others set
+    (-0 ranks with +0)."""
+    v = x.double()
+    v = v.abs() if magnitude else v + 0.0
+    bits = v.view(torch.int64)
+    keys = torch.where(bits < 0, ~bits, bits ^ _SIGN)
+    return keys if largest else ~keys
+
+
+def _low_zero_bits(dtype: torch.dtype) -> int:
+    """float64 bits that are zero in every value of `dtype` (a p-bit significand uses the top
+    p - 1 of float64's 52 fraction bits), so no select pass needs to look at them."""
+    return 52 - fraction_bits(dtype)
+
+
+def fraction_bits(dtype: torch.dtype) -> int:
+    """The stored significand bits of a float dtype (52 for float64, 23 for float32, ...)."""
+    return round(-math.log2(torch.finfo(dtype).eps))
+
+
+class _Alive:
+    """Entries of one piece still tied with the boundary: rows, columns and keys (compacted)."""
+    __slots__ = ("rows", "cols", "keys")
+
+    def __init__(self, rows, cols, keys):
+        self.rows, self.cols, self.keys = rows, cols, keys
+
+
+def _digits(keys: torch.Tensor, shift: int, bits: int) -> torch.Tensor:
+    return (keys >> shift) & ((1 << bits) - 1)  # arithmetic shift, masked: the raw bits
+
+
+def _boundary(hist: torch.Tensor, need: torch.Tensor):
+    """Per row, from the merged digit histogram (rows, B): the digit holding the need-th best entry,
+    how many entries have a better digit, and how many share it."""
+    from_best = hist.flip(1).cumsum(1)
+    step = (from_best < need[:, None]).sum(1).clamp_max(hist.shape[1] - 1)
+    digit = hist.shape[1] - 1 - step
+    tied = hist.gather(1, digit[:, None]).squeeze(1)
+    better = from_best.gather(1, step[:, None]).squeeze(1) - tied
+    return digit, better, tied
+
+
+def _select_alive(alive: list[_Alive], counted: list[bool], need: torch.Tensor, high: int, low: int,
+                  group, chosen: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radix select over the keys' bits [low, high) of the alive entries: per row, the `need`
+    best. Entries decided better are appended to chosen[i] as (rows, cols); `alive` is narrowed
+    in place to the entries tied at the boundary. Returns (need left among the ties, the ties'
+    count over all ranks)."""
+    rows = need.shape[0]
+    bits = max(1, min(16, int(math.log2(MAX_COUNTERS // max(rows, 1)))))
+    tied = torch.zeros_like(need)
+    for top in range(high, low, -bits):
+        shift = max(top - bits, 0)
+        width = top - shift
+        digits = [_digits(a.keys, shift, width) for a in alive]
+        hist = torch.zeros(rows << width, dtype=torch.int64, device=need.device)
+        for a, d, c in zip(alive, digits, counted):
+            if c and d.numel():
+                hist += torch.bincount(a.rows * (1 << width) + d, minlength=rows << width)
+        dist.all_reduce(hist, group=group)
+        digit, better, tied = _boundary(hist.view(rows, 1 << width), need)
+        need = need - better
+        for i, (a, d) in enumerate(zip(alive, digits)):
+            row_digit = digit[a.rows]
+            win = d > row_digit
+            chosen[i].append((a.rows[win], a.cols[win]))
+            keep = d == row_digit
+            alive[i] = _Alive(a.rows[keep], a.cols[keep], a.keys[keep])
+        if bool(((need == 0) | (need == tied)).all()):
+            break  # every row's boundary is decided: none or all of its ties are taken
+    return need, tied
+
+
+def _take_decided(alive: list[_Alive], need: torch.Tensor, tied: torch.Tensor, chosen: list[list]) -> torch.Tensor:
+    """Appends the ties of rows that take all of them to `chosen`; returns the rows still split
+    (0 < need < ties), whose ties alone stay in `alive`."""
+    split = (need > 0) & (need < tied)
+    for i, a in enumerate(alive):
+        take = (need == tied)[a.rows] & (need > 0)[a.rows]
+        chosen[i].append((a.rows[take], a.cols[take]))
+        stay = split[a.rows]
+        alive[i] = _Alive(a.rows[stay], a.cols[stay], a.keys[stay])
+    return split
+
+
+def comm_device(group, pieces: Sequence[torch.Tensor]) -> torch.device:
+    """Where this group's collectives take tensors: the data's device, or without data on this
+    rank the backend's (cuda for nccl)."""
+    if pieces:
+        return pieces[0].device
+    backend = dist.get_backend(group)
+    return torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(backend) else torch.device("cpu")
+
+
+def radix_topk(pieces: list[Piece], k: torch.Tensor, magnitude: bool, largest: bool, group, op: str,
+               dtype: torch.dtype, want_threshold: bool = False):
+    """Per row, the k best-ranked candidates over the pieces of every rank (rows are common to all
+    pieces and ranks; k is on the collectives' device). Returns (one bool mask per piece, the
+    threshold per row or None): the k-th ranked value (|x| with magnitude) in float64, +inf
+    (largest) or -inf for k = 0.
+
+    Raises on every rank: NaN among any rank's candidates (naming the first such row), or k above
+    a row's candidates over all ranks."""
+    rows = k.shape[0]
+    # Pass 0: candidates and NaN per row, merged (so every rank validates k alike).
+    stats = torch.zeros(2, rows, dtype=torch.int64, device=k.device)
+    for p in pieces:
+        if p.counted:
+            nan = p.x2d.isnan()
+            stats[0] += p.candidates.sum(1) if p.candidates is not None else p.x2d.shape[1]
+            stats[1] += (nan & p.candidates if p.candidates is not None else nan).sum(1)
+    dist.all_reduce(stats, group=group)
+    nan_rows = stats[1].nonzero()
+    if len(nan_rows):
+        raise ValueError(f"{op}: scores contain NaN in slice {int(nan_rows[0, 0])}")
+    bad = ((k < 0) | (k > stats[0])).nonzero()
+    if len(bad):
+        row = int(bad[0, 0])
+        raise ValueError(f"{op}: k = {int(k[row])} for slice {row}, which has {int(stats[0, row])} candidates "
+                         f"over all ranks (k must be in [0, {int(stats[0, row])}])")
+    alive = []
+    for p in pieces:
+        live = (k > 0)[:, None].expand(p.x2d.shape)
+        if p.candidates is not None:
+            live = live & p.candidates
+        r, c = live.nonzero(as_tuple=True)
+        alive.append(_Alive(r, c, ranking_keys(p.x2d[r, c], magnitude, largest)))
+    counted = [p.counted for p in pieces]
+    chosen = [[] for _ in pieces]
+    need, tied = _select_alive(alive, counted, k.clone(), 64, _low_zero_bits(dtype), group, chosen)
+    threshold = None
+    if want_threshold:  # every tie holds the k-th ranked value; ranks without one offer -inf
+        value = torch.full((rows,), -math.inf, dtype=torch.float64, device=k.device)
+        for p, a in zip(pieces, alive):
+            v = p.x2d[a.rows, a.cols].double()
+            v = v.abs() if magnitude else v + 0.0
+            value.scatter_reduce_(0, a.rows, v if largest else -v, "amax")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+        threshold = torch.where(k > 0, value if largest else -value, math.inf if largest else -math.inf)
+    split = _take_decided(alive, need, tied, chosen)
+    if bool(split.any()):  # ties at the boundary: the lowest positions in the unsharded order first
+        for i, (p, a) in enumerate(zip(pieces, alive)):
+            alive[i] = _Alive(a.rows, a.cols, p.position(a.rows, a.cols))
+        highest = torch.tensor([max([int(a.keys.max()) for a in alive if a.keys.numel()] + [1])], device=k.device)
+        dist.all_reduce(highest, op=dist.ReduceOp.MAX, group=group)
+        for a in alive:
+            a.keys = ~a.keys  # smaller position = larger key; bits above the span are all ones
+        need, tied = _select_alive(alive, counted, need.where(split, 0), int(highest).bit_length(), 0,
+                                   group, chosen)
+        _take_decided(alive, need, tied, chosen)  # positions are distinct: nothing stays split
+    masks = []
+    for p, picks in zip(pieces, chosen):
+        mask = torch.zeros(p.x2d.shape, dtype=torch.bool, device=p.x2d.device)
+        for r, c in picks:
+            mask[r, c] = True
+        masks.append(mask)
+    return masks, threshold
+
+
+def gather_columns(x2d: torch.Tensor, mask2d: torch.Tensor | None, group):
+    """Every rank's (rows, n_r) part of the same rows, concatenated along the columns in rank order
+    (for measures that need whole slices: gini's sorted order)."""
+    world = dist.get_world_size(group)
+    widths = [torch.zeros(1, dtype=torch.int64, device=x2d.device) for _ in range(world)]
+    dist.all_gather(widths, torch.tensor([x2d.shape[1]], device=x2d.device), group=group)
+    widths = [int(w) for w in widths]
+    pad = max(widths) - x2d.shape[1]
+
+    def gathered(t: torch.Tensor) -> torch.Tensor:
+        parts = [t.new_empty((t.shape[0], max(widths))) for _ in range(world)]
+        dist.all_gather(parts, torch.nn.functional.pad(t, (0, pad)), group=group)
+        return torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
+
+    x = gathered(x2d)
+    mask = gathered(mask2d.to(torch.uint8)).bool() if mask2d is not None else None
+    return x, mask

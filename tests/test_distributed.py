@@ -1,0 +1,94 @@
+"""Ops and pruning on data spread over processes (DTensor on a 1-D mesh, or group=), on gloo worlds
+of 2 and 4 CPU processes: bit-identical masks and counts, measures to rounding, against the
+single-process answer on the same seed (tests/distributed_cases.py); every rank raising the same
+error for bad input on one rank; no hang (each case runs under a deadline)."""
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+from distributed_world import World
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+SIZES = (2, 4)
+_worlds: dict[int, World] = {}
+
+
+@pytest.fixture(scope="module", params=SIZES, ids=[f"{n}ranks" for n in SIZES])
+def world(request):
+    size = request.param
+    if size not in _worlds or not _worlds[size].processes:
+        _worlds[size] = World(size)
+    yield _worlds[size]
+
+
+def teardown_module():
+    for w in _worlds.values():
+        w.shutdown()
+
+
+def ok(results) -> list:
+    """The ranks' return values, or a failure showing what the first failing rank raised."""
+    for rank, (status, value) in enumerate(results):
+        if status != "ok":
+            pytest.fail(f"rank {rank} raised {value[0]}: {value[1]}\n{value[2]}")
+    return [value for _, value in results]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_measures_on_dtensors(world, dtype):
+    assert ok(world.run("measures_dtensor", 0, dtype))[0] > 0
+
+
+def test_measures_with_group(world):
+    ok(world.run("measures_group", 1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_topk_on_dtensors_heavy_ties(world, dtype):
+    ok(world.run("topk_dtensor", 2, dtype))
+
+
+def test_topk_with_group(world):
+    ok(world.run("topk_group", 3))
+
+
+def test_global_topk_on_dtensors(world):
+    ok(world.run("global_dtensor", 4))
+
+
+def test_global_topk_with_group_and_empty_ranks(world):
+    ok(world.run("global_group", 5))
+
+
+@pytest.mark.parametrize("case", ["different_k", "different_q", "bad_k_one_rank", "k_above_candidates",
+                                  "nan_one_rank", "global_nan_one_rank", "global_different_k",
+                                  "mask_placed_elsewhere", "plain_mask_for_dtensor", "partial", "mesh_2d",
+                                  "different_scope"])
+def test_every_rank_raises_the_same(world, case):
+    raised = ok(world.run("raises", case, timeout=90))
+    assert all(r == raised[0] for r in raised), raised
+    kind, message = raised[0]
+    assert kind in ("ValueError", "TypeError"), raised[0]
+    expected = {"different_k": "disagree on k", "different_q": "disagree on qs", "bad_k_one_rank": "k must be >= 0",
+                "k_above_candidates": "candidates over all ranks", "nan_one_rank": "NaN in slice 0",
+                "global_nan_one_rank": "NaN", "global_different_k": "disagree on k",
+                "mask_placed_elsewhere": "must match", "plain_mask_for_dtensor": "mask must be one too",
+                "partial": "Partial", "mesh_2d": "1-D", "different_scope": "disagree on scope"}[case]
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("how", ["fsdp", "shard1"])
+def test_prune_steps_on_sharded_models(world, how):
+    assert ok(world.run("prune_steps", 6, how, timeout=240))[0] > 0
+
+
+def test_fsdp_finetune_keeps_masks(world):
+    losses = ok(world.run("fsdp_finetune", 7))
+    assert all(x == losses[0] for x in losses)
+
+
+def test_fsdp_iterative(world):
+    ok(world.run("fsdp_iterative", 8, timeout=240))
