@@ -23,6 +23,7 @@ is the one case left to the process group's timeout.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -35,8 +36,7 @@ try:  # torch >= 2.5 exposes DTensor publicly
 except ImportError:  # pragma: no cover - a torch built without distributed support
     DTensor = Replicate = Shard = None
 
-MAX_COUNTERS = 1 << 16  # histogram bins per select pass, all rows together
-_SIGN = -(1 << 63)       # the sign bit of an int64
+MAX_COUNTERS = 1 << 12  # histogram bins per select pass over all rows, while rows allow (see _digit_bits)
 
 
 def is_dtensor(x) -> bool:
@@ -122,9 +122,10 @@ def wrap(local: torch.Tensor, like: Layout, shard_dim: int | None, shape) -> tor
 
 # ---- agreement ------------------------------------------------------------------------------
 def agree(group, op: str, common: dict, local: dict | None = None, check: Callable[[], None] | None = None) -> list[dict]:
-    """One all_gather_object of every rank's `common` arguments, `local` facts and the outcome of
-    its `check()`; returns the ranks' `local` dicts. Raises the same exception on every rank if
-    a check failed anywhere or the ranks' `common` differ."""
+    """One all_gather_object of every rank's `common` arguments (short ones as they are, long ones
+    as a digest), `local` facts and the outcome of its `check()`; returns the ranks' `local`
+    dicts. Raises the same exception on every rank if a check failed anywhere or the ranks'
+    `common` differ."""
     error = None
     if check is not None:
         try:
@@ -132,19 +133,35 @@ def agree(group, op: str, common: dict, local: dict | None = None, check: Callab
         except (TypeError, ValueError) as e:
             error = (type(e).__name__, str(e))
     rank = dist.get_rank(group)
+    shown = {key: _shown(value) for key, value in common.items()}
     gathered = [None] * dist.get_world_size(group)
-    dist.all_gather_object(gathered, (rank, common, local or {}, error), group=group)
+    dist.all_gather_object(gathered, (rank, shown, local or {}, error), group=group)
     for r, _, _, err in gathered:
         if err is not None:
             kind, message = err
             raise (TypeError if kind == "TypeError" else ValueError)(f"{message} (raised on rank {r}; every rank stops)")
-    first = gathered[0][1]
+    first_rank, first = gathered[0][:2]
     for r, theirs, _, _ in gathered[1:]:
         for key in first:
             if theirs.get(key) != first.get(key):
-                raise ValueError(f"{op}: the ranks disagree on {key}: rank {gathered[0][0]} passed {first[key]!r}, "
-                                 f"rank {r} passed {theirs.get(key)!r}; every rank must pass the same")
+                mine, other = first[key], theirs.get(key)
+                values = (f"rank {first_rank} passed {mine!r}, rank {r} passed {other!r}"
+                          if not (_is_digest(mine) or _is_digest(other)) else f"ranks {first_rank} and {r} differ")
+                raise ValueError(f"{op}: the ranks disagree on {key}: {values}; every rank must pass the same")
     return [entry[2] for entry in gathered]
+
+
+_DIGEST = "sha256:"
+
+
+def _shown(value):
+    """`value` for agree()'s exchange: itself when its repr is short, else a digest of the repr."""
+    text = repr(value)
+    return value if len(text) <= 120 else _DIGEST + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and value.startswith(_DIGEST)
 
 
 def digest(t: torch.Tensor | None):
@@ -186,38 +203,33 @@ class Piece:
     position: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+_KEY_VIEWS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+              torch.float64: torch.int64}
+
+
+def key_width(dtype: torch.dtype) -> int:
+    """Bits of the ranking keys of `dtype`: its own width."""
+    return torch.finfo(dtype).bits
+
+
 def ranking_keys(x: torch.Tensor, magnitude: bool, largest: bool) -> torch.Tensor:
-    """int64 keys whose order as unsigned 64-bit numbers is the ranking (best = largest): the
-    float64 value's bits with negative values' bits inverted and the sign bit of the others set
-    (-0 ranks with +0)."""
-    v = x.double()
-    v = v.abs() if magnitude else v + 0.0
-    bits = v.view(torch.int64)
-    keys = torch.where(bits < 0, ~bits, bits ^ _SIGN)
+    """Keys in the integer dtype of x's width whose order as unsigned numbers is the ranking (best =
+    largest): the value's own bits, negative values' inverted and the others' sign bit set (-0
+    ranks with +0). Magnitudes have no sign bit: one XOR."""
+    v = x.abs() if magnitude else x + 0  # abs(-0) and -0 + 0 are +0
+    bits = v.view(_KEY_VIEWS[x.dtype])
+    top = -(1 << (key_width(x.dtype) - 1))  # the sign bit
+    keys = bits ^ top if magnitude else torch.where(bits < 0, ~bits, bits ^ top)
     return keys if largest else ~keys
-
-
-def _low_zero_bits(dtype: torch.dtype) -> int:
-    """float64 bits that are zero in every value of `dtype` (a p-bit significand uses the top
-    p - 1 of float64's 52 fraction bits), so no select pass needs to look at them."""
-    return 52 - fraction_bits(dtype)
-
-
-def fraction_bits(dtype: torch.dtype) -> int:
-    """The stored significand bits of a float dtype (52 for float64, 23 for float32, ...)."""
-    return round(-math.log2(torch.finfo(dtype).eps))
-
-
-class _Alive:
-    """Entries of one piece still tied with the boundary: rows, columns and keys (compacted)."""
-    __slots__ = ("rows", "cols", "keys")
-
-    def __init__(self, rows, cols, keys):
-        self.rows, self.cols, self.keys = rows, cols, keys
 
 
 def _digits(keys: torch.Tensor, shift: int, bits: int) -> torch.Tensor:
     return (keys >> shift) & ((1 << bits) - 1)  # arithmetic shift, masked: the raw bits
+
+
+def _digit_bits(rows: int) -> int:
+    """Bits per select pass: a histogram of at most MAX_COUNTERS over all rows, 4 to 12 bits."""
+    return max(4, min(12, (MAX_COUNTERS // max(rows, 1)).bit_length() - 1))
 
 
 def _boundary(hist: torch.Tensor, need: torch.Tensor):
@@ -231,25 +243,41 @@ def _boundary(hist: torch.Tensor, need: torch.Tensor):
     return digit, better, tied
 
 
-def _select_alive(alive: list[_Alive], counted: list[bool], need: torch.Tensor, high: int, low: int,
+def _merged_histogram(parts, rows: int, width: int, group, device) -> torch.Tensor:
+    """Σ over this rank's counted parts and over the ranks of bincount(row·2^width + digit)."""
+    hist = torch.zeros(rows << width, dtype=torch.int64, device=device)
+    for bins in parts:
+        if bins.numel():
+            hist += torch.bincount(bins, minlength=(rows << width) + 1)[:rows << width]
+    dist.all_reduce(hist, group=group)
+    return hist.view(rows, 1 << width)
+
+
+class _Alive:
+    """Entries of one piece still tied with the boundary: rows, columns and keys (compacted)."""
+    __slots__ = ("rows", "cols", "keys")
+
+    def __init__(self, rows, cols, keys):
+        self.rows, self.cols, self.keys = rows, cols, keys
+
+
+def _select_alive(alive: list[_Alive], counted: list[bool], need: torch.Tensor, tied: torch.Tensor, high: int,
                   group, chosen: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Radix select over the keys' bits [low, high) of the alive entries: per row, the `need`
-    best. Entries decided better are appended to chosen[i] as (rows, cols); `alive` is narrowed
-    in place to the entries tied at the boundary. Returns (need left among the ties, the ties'
-    count over all ranks)."""
+    """Radix select over the keys' bits [0, high) of the alive entries (higher bits are equal among
+    them): per row, the `need` best. Entries decided better are appended to chosen[i] as (rows,
+    cols); `alive` is narrowed in place to the entries tied at the boundary. Returns (need left
+    among the ties, the ties' count over all ranks)."""
     rows = need.shape[0]
-    bits = max(1, min(16, int(math.log2(MAX_COUNTERS // max(rows, 1)))))
-    tied = torch.zeros_like(need)
-    for top in range(high, low, -bits):
+    bits = _digit_bits(rows)
+    for top in range(high, 0, -bits):
+        if bool(((need == 0) | (need == tied)).all()):
+            break  # every row's boundary is decided: none or all of its ties are taken
         shift = max(top - bits, 0)
         width = top - shift
         digits = [_digits(a.keys, shift, width) for a in alive]
-        hist = torch.zeros(rows << width, dtype=torch.int64, device=need.device)
-        for a, d, c in zip(alive, digits, counted):
-            if c and d.numel():
-                hist += torch.bincount(a.rows * (1 << width) + d, minlength=rows << width)
-        dist.all_reduce(hist, group=group)
-        digit, better, tied = _boundary(hist.view(rows, 1 << width), need)
+        hist = _merged_histogram([a.rows * (1 << width) + d for a, d, c in zip(alive, digits, counted) if c],
+                                 rows, width, group, need.device)
+        digit, better, tied = _boundary(hist, need)
         need = need - better
         for i, (a, d) in enumerate(zip(alive, digits)):
             row_digit = digit[a.rows]
@@ -257,8 +285,6 @@ def _select_alive(alive: list[_Alive], counted: list[bool], need: torch.Tensor, 
             chosen[i].append((a.rows[win], a.cols[win]))
             keep = d == row_digit
             alive[i] = _Alive(a.rows[keep], a.cols[keep], a.keys[keep])
-        if bool(((need == 0) | (need == tied)).all()):
-            break  # every row's boundary is decided: none or all of its ties are taken
     return need, tied
 
 
@@ -286,42 +312,60 @@ def comm_device(group, pieces: Sequence[torch.Tensor]) -> torch.device:
 def radix_topk(pieces: list[Piece], k: torch.Tensor, magnitude: bool, largest: bool, group, op: str,
                dtype: torch.dtype, want_threshold: bool = False):
     """Per row, the k best-ranked candidates over the pieces of every rank (rows are common to all
-    pieces and ranks; k is on the collectives' device). Returns (one bool mask per piece, the
-    threshold per row or None): the k-th ranked value (|x| with magnitude) in float64, +inf
-    (largest) or -inf for k = 0.
+    pieces and ranks, and so is `dtype`; k is on the collectives' device). Returns (one bool mask
+    per piece, the threshold per row or None): the k-th ranked value (|x| with magnitude) in
+    float64, +inf (largest) or -inf for k = 0.
 
-    Raises on every rank: NaN among any rank's candidates (naming the first such row), or k above
-    a row's candidates over all ranks."""
-    rows = k.shape[0]
-    # Pass 0: candidates and NaN per row, merged (so every rank validates k alike).
-    stats = torch.zeros(2, rows, dtype=torch.int64, device=k.device)
+    The first pass reads each piece densely (its mask is written there); later passes see only
+    the entries still tied with the boundary. Raises on every rank: NaN among any rank's
+    candidates (naming the first such row), or k above a row's candidates over all ranks."""
+    rows, device = k.shape[0], k.device
+    # First pass, dense, merged with the checks: per row the histogram of every candidate's top
+    # digit (its sum: the candidates), and the NaN candidates in one more column.
+    high = key_width(dtype)
+    width = min(_digit_bits(rows), high)
+    shift = high - width
+    row_base = (torch.arange(rows, device=device, dtype=torch.int32) << width)[:, None]
+    overflow = rows << width  # the bin of entries that are not candidates (cut off the histogram)
+    hist = torch.zeros(rows, (1 << width) + 1, dtype=torch.int64, device=device)
+    digits, keys = [], []
     for p in pieces:
+        keys.append(ranking_keys(p.x2d, magnitude, largest))
+        digits.append(_digits(keys[-1], shift, width))
         if p.counted:
+            bins = digits[-1] + row_base
             nan = p.x2d.isnan()
-            stats[0] += p.candidates.sum(1) if p.candidates is not None else p.x2d.shape[1]
-            stats[1] += (nan & p.candidates if p.candidates is not None else nan).sum(1)
-    dist.all_reduce(stats, group=group)
-    nan_rows = stats[1].nonzero()
+            if p.candidates is not None:
+                bins.masked_fill_(~p.candidates, overflow)
+                nan &= p.candidates
+            hist[:, :-1] += torch.bincount(bins.reshape(-1), minlength=overflow + 1)[:overflow].view(rows, -1)
+            hist[:, -1] += nan.sum(1)
+    dist.all_reduce(hist, group=group)
+    hist, nans = hist[:, :-1], hist[:, -1]
+    candidates = hist.sum(1)
+    nan_rows = nans.nonzero()
     if len(nan_rows):
         raise ValueError(f"{op}: scores contain NaN in slice {int(nan_rows[0, 0])}")
-    bad = ((k < 0) | (k > stats[0])).nonzero()
+    bad = ((k < 0) | (k > candidates)).nonzero()
     if len(bad):
         row = int(bad[0, 0])
-        raise ValueError(f"{op}: k = {int(k[row])} for slice {row}, which has {int(stats[0, row])} candidates "
-                         f"over all ranks (k must be in [0, {int(stats[0, row])}])")
-    alive = []
-    for p in pieces:
-        live = (k > 0)[:, None].expand(p.x2d.shape)
-        if p.candidates is not None:
-            live = live & p.candidates
-        r, c = live.nonzero(as_tuple=True)
-        alive.append(_Alive(r, c, ranking_keys(p.x2d[r, c], magnitude, largest)))
+        raise ValueError(f"{op}: k = {int(k[row])} for slice {row}, which has {int(candidates[row])} candidates "
+                         f"over all ranks (k must be in [0, {int(candidates[row])}])")
+    digit, better, tied = _boundary(hist, k)
+    need = k - better
+    masks, alive = [], []
+    for p, d, key in zip(pieces, digits, keys):
+        ok = (k > 0)[:, None] if p.candidates is None else (k > 0)[:, None] & p.candidates
+        masks.append((d > digit[:, None]) & ok)
+        r, c = ((d == digit[:, None]) & ok).nonzero(as_tuple=True)
+        alive.append(_Alive(r, c, key[r, c]))
+    del digits, keys
     counted = [p.counted for p in pieces]
     chosen = [[] for _ in pieces]
-    need, tied = _select_alive(alive, counted, k.clone(), 64, _low_zero_bits(dtype), group, chosen)
+    need, tied = _select_alive(alive, counted, need, tied, shift, group, chosen)
     threshold = None
     if want_threshold:  # every tie holds the k-th ranked value; ranks without one offer -inf
-        value = torch.full((rows,), -math.inf, dtype=torch.float64, device=k.device)
+        value = torch.full((rows,), -math.inf, dtype=torch.float64, device=device)
         for p, a in zip(pieces, alive):
             v = p.x2d[a.rows, a.cols].double()
             v = v.abs() if magnitude else v + 0.0
@@ -332,19 +376,16 @@ def radix_topk(pieces: list[Piece], k: torch.Tensor, magnitude: bool, largest: b
     if bool(split.any()):  # ties at the boundary: the lowest positions in the unsharded order first
         for i, (p, a) in enumerate(zip(pieces, alive)):
             alive[i] = _Alive(a.rows, a.cols, p.position(a.rows, a.cols))
-        highest = torch.tensor([max([int(a.keys.max()) for a in alive if a.keys.numel()] + [1])], device=k.device)
+        highest = torch.tensor([max([int(a.keys.max()) for a in alive if a.keys.numel()] + [1])], device=device)
         dist.all_reduce(highest, op=dist.ReduceOp.MAX, group=group)
         for a in alive:
-            a.keys = ~a.keys  # smaller position = larger key; bits above the span are all ones
-        need, tied = _select_alive(alive, counted, need.where(split, 0), int(highest).bit_length(), 0,
-                                   group, chosen)
+            a.keys = ~a.keys  # smaller position = larger key; the bits above the span are all ones
+        need, tied = _select_alive(alive, counted, need.where(split, 0), tied.where(split, 0),
+                                   int(highest).bit_length(), group, chosen)
         _take_decided(alive, need, tied, chosen)  # positions are distinct: nothing stays split
-    masks = []
-    for p, picks in zip(pieces, chosen):
-        mask = torch.zeros(p.x2d.shape, dtype=torch.bool, device=p.x2d.device)
+    for mask, picks in zip(masks, chosen):
         for r, c in picks:
             mask[r, c] = True
-        masks.append(mask)
     return masks, threshold
 
 

@@ -188,24 +188,29 @@ def _index_or_zero(value: torch.Tensor, defined: torch.Tensor, nan_from: torch.T
 
 
 def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: torch.Tensor | None = None,
-              backend: str | None = None, group=None) -> PowSums:
+              backend: str | None = None, group=None, dtype: torch.dtype | None = None) -> PowSums:
     """Σ|x|^q over `dim` for several exponents in one pass over x.
 
     Returns PowSums(sums, count): `sums` has shape (len(qs), *reduced shape) and dtype float32
     (float64 for float64 x): the sums of low-precision x overflow float16 long before float32.
     `count` (int64, the reduced shape) is the number of survivors d of each slice, which power
     means and masked indices need. At most 8 finite exponents > 0 per call (q = inf is
-    `lq_norm(x, inf)`). A sum beyond the float32 range is inf, as it should be.
+    `lq_norm(x, inf)`). A sum beyond the float32 range is inf, as it should be. dtype=torch.float64
+    returns the sums as accumulated (float64 finalize) instead of rounded to float32: what a
+    decision needs whose rounding must not move (a keep count from sums over millions of entries).
     """
     op = "lq_powsum"
     if isinstance(qs, (int, float)):
         raise TypeError(f"{op}: qs must be a sequence of exponents, got {qs!r}")
     qs = [_check_exponent("q", q, op, allow_inf=False) for q in qs]
     _ops.check_exponents(qs, op)
+    if dtype not in (None, torch.float32, torch.float64):
+        raise TypeError(f"{op}: dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
     t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
     q = torch.tensor(qs, dtype=t.dtype, device=t.device)[:, None]
     sums = torch.where(t == 0, 0.0, scale[None, :].pow(q) * t)  # 0 · inf never happens
-    return PowSums(out.shaped(sums, _ops.acc_dtype(x.dtype), False, [len(qs)]), out.shaped(count, torch.int64, False))
+    return PowSums(out.shaped(sums, dtype or _ops.acc_dtype(x.dtype), False, [len(qs)]),
+                   out.shaped(count, torch.int64, False))
 
 
 def lq_norm(x: torch.Tensor, q: float, dim: Dim = None, keepdim: bool = False, *,

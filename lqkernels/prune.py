@@ -408,11 +408,38 @@ def _local(x):
 
 # ---- keep-count rules (vectorised over slices) --------------------------------------------------
 def _stats(w: torch.Tensor, s: torch.Tensor | None, qs: list[float], dim):
-    """(sums (len(qs), slices) float64 or None without exponents, count int64) of the survivors
-    over `dim` (None: the whole tensor), one pass (also for the count alone: torch's bool sums run
-    20x slower on the CPU). For a sharded w, this rank's slices (all of them where they were merged)."""
-    sums, count = ops.lq_powsum(w, qs, dim, mask=s)
-    return _local(sums).double() if qs else None, _local(count)
+    """(sums (len(qs), slices) float64 or None without exponents, count int64) of the survivors over
+    `dim` (None: the whole tensor), one pass (also for the count alone: torch's bool sums run 20x
+    slower on the CPU). For a sharded w, this rank's slices (all of them where they were merged).
+
+    Accumulated in float64 whatever w's dtype: a keep count is a ceiling of these sums, and float32
+    accumulation (~1e-7 relative over a million entries, in an order that depends on the thread
+    count and on how the tensor is sharded) would move it by a fraction of a weight; in float64
+    the same step gives the same masks single-process, on any thread count, and sharded."""
+    sums, count = ops.lq_powsum(w.double() if qs else w, qs, dim, mask=s, dtype=torch.float64)
+    return _local(sums) if qs else None, _local(count)
+
+
+def _tensor_stats(weights: list[torch.Tensor], survivors: list, qs: list[float]):
+    """(sums (len(qs), tensors) float64, counts (tensors,) int64): each whole tensor's power sums
+    over its survivors, as _stats. Sharded tensors add their blocks' sums in one all-reduce for
+    all of them (a replicated one counted on one rank), instead of one merge per tensor."""
+    sharded = [w for w in weights if _distributed.is_dtensor(w)]
+    if not sharded:
+        stats = [_stats(w, s, qs, None) for w, s in zip(weights, survivors)]
+        sums = torch.stack([st[0] for st in stats], 1) if qs else None
+        return sums, torch.stack([st[1] for st in stats])
+    lay = _distributed.layout(sharded[0], "prune")
+    columns = []
+    for w, s in zip(weights, survivors):
+        owner = not _distributed.is_dtensor(w) or _distributed.layout(w, "prune").shard_dim is not None
+        part = _stats(_local(w), _local(s), qs, None) if owner or lay.coordinate == 0 else None
+        columns.append(torch.cat([part[0] if qs else part[1].new_empty(0, dtype=torch.float64),
+                                  part[1].double()[None]]) if part is not None
+                       else torch.zeros(len(qs) + 1, dtype=torch.float64))
+    merged = torch.stack(columns, 1)
+    torch.distributed.all_reduce(merged, group=lay.group)
+    return (merged[:-1] if qs else None), merged[-1].round().to(torch.int64)
 
 
 def _bounded_prune(count: torch.Tensor, keep_bound: torch.Tensor, gamma: float, beta: float) -> torch.Tensor:
@@ -483,26 +510,24 @@ def _select(targets: list[_Target], rule, scope: str, weights: list[torch.Tensor
     weights = [t.weight for t in targets] if weights is None else weights
     survivors = [t.survivors for t in targets] if survivors is None else survivors
     qs = list(rule.exponents)
+    if scope in ("global", "layer"):
+        sums, counts = _tensor_stats(weights, survivors, qs)
     if scope == "global":
-        sums, counts = zip(*(_stats(w, s, qs, None) for w, s in zip(weights, survivors)))
-        total_sums = sum(s.to(sums[0].device) for s in sums) if qs else None
-        total = sum(c.to(counts[0].device) for c in counts)
-        k = int(rule.keep(total_sums, total))
+        k = int(rule.keep(sums.sum(1) if qs else None, counts.sum()))
         return ops.global_topk_masks(weights, k, masks=None if all(s is None for s in survivors) else
                                      [torch.ones_like(w, dtype=torch.bool) if s is None else s
                                       for w, s in zip(weights, survivors)])
     out = []
-    for w, s in zip(weights, survivors):
+    for i, (w, s) in enumerate(zip(weights, survivors)):
         if scope == "layer":  # one long row: the global kernel spreads it over every thread
-            keep = int(rule.keep(*_stats(w, s, qs, None)))
+            keep = int(rule.keep(sums[:, i] if qs else None, counts[i]))
             out.append(ops.global_topk_masks([w], keep, masks=None if s is None else [s])[0])
             continue
         rows, srows = _rows_of(w), _rows_of(s)
-        sums, count = ops.lq_powsum(rows, qs, 1, mask=srows)
-        keep = rule.keep(_local(sums).double() if qs else None, _local(count))
-        if _distributed.is_dtensor(count):  # one keep count per row, placed like the rows
-            keep = type(count).from_local(keep, count.device_mesh, count.placements, run_check=False,
-                                          shape=count.shape, stride=count.stride())
+        keep = rule.keep(*_stats(rows, srows, qs, 1))
+        if _distributed.is_dtensor(rows):  # one keep count per row, placed like the rows
+            lay = _distributed.layout(rows, "prune")
+            keep = _distributed.wrap(keep, lay, 0 if lay.shard_dim == 0 else None, rows.shape[:1])
         out.append(_unrows(ops.topk_mask(rows, keep, 1, mask=srows, magnitude=True), w))
     return out
 

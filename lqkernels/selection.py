@@ -174,7 +174,7 @@ def _spread_row_topk(scores, k, dim, mask, magnitude, largest, backend, op, grou
     piece = _distributed.Piece(x2d, m2d, True, lambda rows, cols: cols + offset)
     with user_terms(op):
         (out2d,), threshold = _distributed.radix_topk([piece], k_rows, magnitude, largest, group, op,
-                                                      _finest(ranks), want_threshold=op == "topk_threshold")
+                                                      _common_dtype(ranks, op), want_threshold=op == "topk_threshold")
     out = out2d.reshape(moved.shape).movedim(-1, d).reshape(local.shape)
     slice_shape = list(moved.shape[:-1]) if local.dim() else []
     threshold = (threshold.to(local.dtype).reshape(slice_shape) if threshold is not None
@@ -200,11 +200,14 @@ def _width(x, dim) -> int:
         return 0
 
 
-def _finest(ranks: list[dict]) -> torch.dtype:
-    """The ranks' dtype with the most significand bits (whose keys need the most select passes)."""
-    dtypes = [getattr(torch, r["dtype"].replace("torch.", ""), None) for r in ranks if r["dtype"]]
-    dtypes = [t for t in dtypes if isinstance(t, torch.dtype) and t.is_floating_point]
-    return max(dtypes, key=_distributed.fraction_bits, default=torch.float64)
+def _common_dtype(ranks: list[dict], op: str) -> torch.dtype:
+    """The dtype every rank with data passed (ranking keys are the dtype's own bits, so ranks must
+    agree on it); raised alike on every rank if they do not."""
+    dtypes = sorted({r["dtype"] for r in ranks if r["dtype"]})
+    if len(dtypes) > 1:
+        raise TypeError(f"{op}: the ranks passed scores of different dtypes ({', '.join(dtypes)}); "
+                        f"every rank must pass one dtype")
+    return getattr(torch, dtypes[0].replace("torch.", "")) if dtypes else torch.float32
 
 
 def topk_mask(scores: torch.Tensor, k, dim: int = -1, *, mask: torch.Tensor | None = None,
@@ -359,7 +362,7 @@ def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
     device = _distributed.comm_device(group, [p.x2d for p in pieces])
     with user_terms(op):
         out, _ = _distributed.radix_topk(pieces, torch.tensor([k], device=device), magnitude, largest, group, op,
-                                         _finest(ranks))
+                                         _common_dtype(ranks, op))
     out = [m.reshape(t.shape) for m, t in zip(out, local)]
     if not dtensors:
         return out

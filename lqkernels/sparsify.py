@@ -16,6 +16,7 @@ from typing import Callable
 
 from torch import nn
 
+from lqkernels import _distributed
 from lqkernels._checks import user_terms
 from lqkernels.nn import FORMATS, MIN_SPARSE_WEIGHTS, SparseLinear
 from lqkernels.prune import format_table
@@ -99,6 +100,11 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | No
     """
     if format not in FORMATS + ("auto",):  # checked before any layer is swapped
         raise ValueError(f"sparsify_: unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+    sharded = next((name for name, p in model.named_parameters() if _distributed.is_dtensor(p)), None)
+    if sharded is not None:
+        raise ValueError(f"sparsify_: {sharded} is a sharded DTensor; SparseLinear packs whole weights, so "
+                         f"sparsify an unsharded copy (e.g. from torch.distributed.checkpoint.state_dict."
+                         f"get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))")
     report = SparsifyReport()
     for fqn, module in list(model.named_modules()):
         why = _why_left_alone(module, fqn, filter_fn)

@@ -206,6 +206,9 @@ ERRORS = {
     "mesh_2d": lambda: ops.lq_norm(distribute_tensor(torch.ones(4, 4), init_device_mesh("cpu", (2, world() // 2)),
                                                      [Shard(0), Shard(1)]), 1.0),
     "different_scope": lambda: prune.sap(sharded_mlp(0, "fsdp")[1], scope=["neuron", "layer"][rank() % 2]),
+    "different_dtype": lambda: ops.topk_mask(column_block(torch.ones(2, 8, dtype=[torch.float32, torch.float64][rank() % 2])),
+                                             1, 1, group=True),
+    "sparsify_sharded": lambda: __import__("lqkernels").sparsify_(sharded_mlp(0, "fsdp")[1]),
 }
 
 

@@ -1,5 +1,6 @@
 """The README's Python example prints what the README says it prints (the parts marked ⟨ ⟩ vary
 from machine to machine and match anything)."""
+import os
 import re
 import subprocess
 import sys
@@ -28,3 +29,17 @@ def test_readme_example_prints_what_the_readme_shows():
     assert len(out) == len(shown), "\n".join(out)
     for printed, expected in zip(out, shown):
         assert re.fullmatch(_line_pattern(expected), printed), f"README shows {expected!r}, example printed {printed!r}"
+
+
+def test_readme_sharded_example_runs_under_torchrun(tmp_path):
+    """The "Pruning a sharded model" example, run as the README says (torchrun, 4 CPU processes)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Pruning a sharded model"):]
+    command = re.search(r"run `(torchrun [^`]*)`", section).group(1).split()
+    script = tmp_path / command[-1]
+    script.write_text(_blocks_after(readme, "### Pruning a sharded model"))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:-1], str(script)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"after one global SAP step and 3 steps of training: \d+\.\d% of the weights kept", run.stdout)
+    assert "Compressibility" in run.stdout and "all weights" in run.stdout
