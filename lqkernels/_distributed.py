@@ -111,6 +111,18 @@ def local_pair(x, mask, op: str, of: str = "x"):
     return lay, x.to_local(), mask.to_local()
 
 
+def shard_offset(lay: Layout, global_size: int, local_size: int, op: str) -> int:
+    """Where this rank's block starts along the sharded dim: DTensor's (and FSDP2's) torch.chunk
+    split, blocks of ceil(n / world) in mesh order. A block of another size raises ValueError."""
+    chunk = -(-global_size // lay.world)
+    start = min(lay.coordinate * chunk, global_size)
+    if local_size != min(chunk, global_size - start):
+        raise ValueError(f"{op}: this rank holds {local_size} of {global_size} entries along dim {lay.shard_dim}, "
+                         f"not the {min(chunk, global_size - start)} of an even (torch.chunk) split; "
+                         f"redistribute the DTensor first")
+    return start
+
+
 def wrap(local: torch.Tensor, like: Layout, shard_dim: int | None, shape) -> torch.Tensor:
     """`local` as a DTensor on like's mesh, sharded on `shard_dim` (None: replicated), of global
     `shape` (uneven shards need it)."""

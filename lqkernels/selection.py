@@ -111,9 +111,8 @@ def _local_k(k, lay, dim: int, scores, op: str):
     if not isinstance(k, torch.Tensor) or slice_shard is None or k.dim() <= slice_shard:
         return k  # an int, or a tensor every rank holds whole (checked against the slice shape)
     local = scores.to_local().shape[lay.shard_dim]
-    chunk = -(-scores.shape[lay.shard_dim] // lay.world)
-    start = min(lay.coordinate * chunk, scores.shape[lay.shard_dim])
-    if k.shape[slice_shard] != scores.shape[lay.shard_dim] or start + local > k.shape[slice_shard]:
+    start = _distributed.shard_offset(lay, scores.shape[lay.shard_dim], local, op)
+    if k.shape[slice_shard] != scores.shape[lay.shard_dim]:
         raise ValueError(f"{op}: k has shape {tuple(k.shape)}; it needs one entry per slice, shape "
                          f"{tuple(s for i, s in enumerate(scores.shape) if i != dim)} (or pass k as a DTensor "
                          f"placed like the slices)")
@@ -325,8 +324,7 @@ def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
         local_masks = None if masks is None else [p[2] for p in pairs]
         common = {"k": k, "magnitude": magnitude, "largest": largest, "masks": masks is not None,
                   "tensors": [(tuple(t.shape), str(t.placements[0]), str(t.dtype)) for t in tensors]}
-        facts = {"coordinate": coordinate, "dtype": str(tensors[0].dtype),
-                 "starts": [0 if lay.shard_dim is None else t.shape[lay.shard_dim] for lay, t in zip(layouts, local)]}
+        facts = {"coordinate": coordinate, "dtype": str(tensors[0].dtype)}
     else:
         if any(_distributed.is_dtensor(t) for t in list(tensors or []) + list(masks or [])):
             raise ValueError(f"{op}: group= is for plain tensors split by the caller; DTensors carry their own mesh")
@@ -339,13 +337,15 @@ def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
 
     def check():
         flags["flags"] = _check_global(local, local_masks, k, magnitude, largest, op, allow_empty=not dtensors)
+        if dtensors:  # where each block starts in its tensor (raises for a layout DTensor cannot have)
+            flags["offsets"] = [0 if lay.shard_dim is None else _distributed.shard_offset(
+                lay, full.shape[lay.shard_dim], t.shape[lay.shard_dim], op) for lay, t, full in zip(layouts, local, tensors)]
 
     ranks = sorted(_distributed.agree(group, op, common, facts, check), key=lambda r: r["coordinate"])
     magnitude, largest = flags["flags"]
     pieces, base = [], 0
     if dtensors:
-        for i, (lay, t, full) in enumerate(zip(layouts, local, tensors)):
-            offset = sum(r["starts"][i] for r in ranks if r["coordinate"] < coordinate)
+        for i, (lay, t, full, offset) in enumerate(zip(layouts, local, tensors, flags["offsets"])):
             position = (lambda rows, cols, base=base, lay=lay, t=t, full=full, offset=offset:
                         base + _global_flat(cols, t.shape, full.shape, lay.shard_dim, offset))
             pieces.append(_distributed.Piece(t.reshape(1, -1), None if local_masks is None else
