@@ -334,9 +334,8 @@ def fsdp_finetune(seed: int) -> list[float]:
 
 
 def fsdp_iterative(seed: int) -> list[float]:
-    """prune.iterative (SAP, rewind to init) on an FSDP2 model: same remaining fractions and masks
-    as the single-process run."""
-    plain, sharded = sharded_mlp(seed, "fsdp")
+    """prune.iterative (SAP per neuron, one-shot global, lottery ticket per layer; rewind to init)
+    on an FSDP2 model: the same remaining fractions and masks as the single-process run."""
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(16, 12, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
 
@@ -351,8 +350,13 @@ def fsdp_iterative(seed: int) -> list[float]:
         with torch.no_grad():
             return float(((model(x) - y) ** 2).mean())
 
-    histories = [prune.iterative(m, train, evaluate, method="sap", rounds=2, progress=False) for m in (plain, sharded)]
-    _same_masks(plain, sharded, "iterative")
-    want, got = (h.rounds for h in histories)
-    assert [r["remaining_total"] for r in want] == [r["remaining_total"] for r in got]
-    return [r["remaining_total"] for r in got]
+    remaining = []
+    for method, scope in (("sap", "neuron"), ("os", "global"), ("lt", "layer")):
+        plain, sharded = sharded_mlp(seed, "fsdp")
+        histories = [prune.iterative(m, train, evaluate, method=method, scope=scope, rounds=2, progress=False)
+                     for m in (plain, sharded)]
+        _same_masks(plain, sharded, ("iterative", method))
+        want, got = (h.rounds for h in histories)
+        assert [r["remaining_total"] for r in want] == [r["remaining_total"] for r in got], method
+        remaining.append(got[-1]["remaining_total"])
+    return remaining
