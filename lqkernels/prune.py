@@ -40,6 +40,15 @@ sums (they add, so no concatenation) and selects with `global_topk_masks`. Ties:
 lowest index first (global: tensor order, then flat index). The released code instead prunes every
 survivor strictly below the c-th smallest, which prunes fewer than c when values tie.
 
+Sharded models (FSDP2's fully_shard, or DTensor weights Shard(0), Shard(1), Replicate on a 1-D
+mesh) take the same calls on every rank: decisions merge power sums and select histograms across
+ranks (lqkernels._distributed; no rank gathers weights) and give the masks of the unsharded model.
+Such a weight keeps its name and holds pruned entries as zeros, its mask a bool DTensor buffer
+`<name>_mask`; optimizer hooks zero pruned gradients before each step and pruned weights after it
+(torch.nn.utils.prune's reparametrisation does not compose with FSDP2; README, "Pruning a sharded
+model"). Keep counts come from power sums accumulated in float64 on every model, so the same step
+gives the same masks single-process, on any thread count, and sharded.
+
 Bad input raises ValueError / TypeError naming the value, before the model is touched; if applying
 masks fails midway, or iterative()'s train_fn / eval_fn raises, the model is restored exactly
 (parameters, buffers, masks, hooks, requires_grad, train/eval mode).

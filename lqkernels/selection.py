@@ -377,8 +377,21 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, magn
             backend: str | None = None) -> torch.Tensor:
     """N:M mask: keeps the n best-ranked of every m consecutive entries along `dim` (2:4 for
     sparse tensor cores). Ties: lowest index first. The length along `dim` must be divisible by m.
+    A DTensor gives a DTensor placed alike, each rank masking its own block (no communication):
+    sharded along `dim`, every block must start and end on a group boundary.
     """
     op = "nm_mask"
+    if _distributed.is_dtensor(scores):
+        lay = _distributed.layout(scores, op, "scores")
+        local = scores.to_local()
+        d = _check_dim(dim, scores.dim(), op)
+        if lay.shard_dim == d and isinstance(m, int) and m > 0:  # n, m and lengths: the local call checks
+            start = _distributed.shard_offset(lay, scores.shape[d], local.shape[d], op)
+            if start % m or local.shape[d] % m:
+                raise ValueError(f"{op}: scores are sharded along dim {d} in blocks that split groups of m={m}; "
+                                 f"shard along another dim or into blocks of a multiple of m")
+        return _distributed.wrap(nm_mask(local, n, m, d, magnitude=magnitude, backend=backend), lay,
+                                 lay.shard_dim, scores.shape)
     check_scores(scores, op, "scores")
     for name, value in (("n", n), ("m", m)):
         if isinstance(value, bool) or not isinstance(value, int):

@@ -143,6 +143,18 @@ def topk_group(seed: int) -> int:
     return 2
 
 
+def nm_dtensor(seed: int) -> int:
+    """2:4 masks of DTensors: each rank masks its block; the same as the single-process mask."""
+    x = tied((6, 16), seed)
+    for placement in ("shard0", "shard1", "replicate"):
+        if placement == "shard1" and 16 // world() % 4:
+            continue  # blocks would split groups of 4 (tested as an error)
+        got = ops.nm_mask(spread(x, placement), 2, 4)
+        assert got.placements[0] == PLACEMENTS[placement]
+        assert torch.equal(got.full_tensor(), ops.nm_mask(x, 2, 4)), placement
+    return 1
+
+
 def global_dtensor(seed: int) -> int:
     a, b, c = tied((9, 4), seed), tied((3, 5, 2), seed + 1), tied((10,), seed + 2)
     mb = tied((3, 5, 2), seed + 3) != 0
@@ -208,6 +220,7 @@ ERRORS = {
     "different_scope": lambda: prune.sap(sharded_mlp(0, "fsdp")[1], scope=["neuron", "layer"][rank() % 2]),
     "different_dtype": lambda: ops.topk_mask(column_block(torch.ones(2, 8, dtype=[torch.float32, torch.float64][rank() % 2])),
                                              1, 1, group=True),
+    "nm_split_groups": lambda: ops.nm_mask(spread(torch.ones(2, 8 * world() + 2), "shard1"), 2, 4),
     "sparsify_sharded": lambda: __import__("lqkernels").sparsify_(sharded_mlp(0, "fsdp")[1]),
 }
 

@@ -55,6 +55,10 @@ def test_topk_with_group(world):
     ok(world.run("topk_group", 3))
 
 
+def test_nm_mask_on_dtensors(world):
+    ok(world.run("nm_dtensor", 9))
+
+
 def test_global_topk_on_dtensors(world):
     ok(world.run("global_dtensor", 4))
 
@@ -66,7 +70,7 @@ def test_global_topk_with_group_and_empty_ranks(world):
 @pytest.mark.parametrize("case", ["different_k", "different_q", "bad_k_one_rank", "k_above_candidates",
                                   "nan_one_rank", "global_nan_one_rank", "global_different_k",
                                   "mask_placed_elsewhere", "plain_mask_for_dtensor", "partial", "mesh_2d",
-                                  "different_scope", "different_dtype", "sparsify_sharded"])
+                                  "different_scope", "different_dtype", "nm_split_groups", "sparsify_sharded"])
 def test_every_rank_raises_the_same(world, case):
     raised = ok(world.run("raises", case, timeout=90))
     assert all(r == raised[0] for r in raised), raised
@@ -77,7 +81,8 @@ def test_every_rank_raises_the_same(world, case):
                 "global_nan_one_rank": "NaN", "global_different_k": "disagree on k",
                 "mask_placed_elsewhere": "must match", "plain_mask_for_dtensor": "mask must be one too",
                 "partial": "Partial", "mesh_2d": "1-D", "different_scope": "disagree on scope",
-                "different_dtype": "different dtypes", "sparsify_sharded": "sharded DTensor"}[case]
+                "different_dtype": "different dtypes", "sparsify_sharded": "sharded DTensor",
+                "nm_split_groups": "split groups"}[case]
     assert expected in message, message
 
 
