@@ -337,9 +337,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum(
     const int64_t splits =
         rows == 0 || rows >= threads ? 1 : std::max<int64_t>(1, std::min((threads + rows - 1) / rows, n / 65536));
     const int64_t span = (n + splits - 1) / std::max<int64_t>(splits, 1);
-    std::vector<PowSumState<acc_t>> parts(rows * splits);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const bool* mp = mask ? mask->const_data_ptr<bool>() : nullptr;
+    acc_t* sp = sums.data_ptr<acc_t>();
+    acc_t* scp = scale.data_ptr<acc_t>();
+    int64_t* cp = count.data_ptr<int64_t>();
+    auto store = [&](int64_t row, const PowSumState<acc_t>& s) {
+      for (int j = 0; j < qs.count; ++j) sp[j * rows + row] = s.sums[j];
+      scp[row] = s.scale;
+      cp[row] = s.count;
+    };
+    if (splits == 1) {  // whole rows: each task stores its own (a serial pass over many short rows
+                        // cost as much as the parallel one)
+      at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t row = lo; row < hi; ++row)
+          store(row, row_state(xp + row * n, mp ? mp + row * n : nullptr, 0, n, qs, kinds));
+      });
+      return;
+    }
+    std::vector<PowSumState<acc_t>> parts(rows * splits);
     at::parallel_for(0, rows * splits, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t task = lo; task < hi; ++task) {
         const int64_t row = task / splits, part = task % splits;
@@ -347,15 +363,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_powsum(
         parts[task] = row_state(xp + row * n, mp ? mp + row * n : nullptr, begin, end, qs, kinds);
       }
     });
-    acc_t* sp = sums.data_ptr<acc_t>();
-    acc_t* scp = scale.data_ptr<acc_t>();
-    int64_t* cp = count.data_ptr<int64_t>();
     for (int64_t row = 0; row < rows; ++row) {
       PowSumState<acc_t>& s = parts[row * splits];
       for (int64_t part = 1; part < splits; ++part) s.merge(parts[row * splits + part], qs);
-      for (int j = 0; j < qs.count; ++j) sp[j * rows + row] = s.sums[j];
-      scp[row] = s.scale;
-      cp[row] = s.count;
+      store(row, s);
     }
   });
   return {sums, count, scale};
