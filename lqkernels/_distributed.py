@@ -6,10 +6,10 @@ weights:
   * power sums relative to the slice maximum (lqkernels._ops): one all-reduce of the maxima, then
     one of the sums rescaled to the common maximum, T = Σ_r T_r·(scale_r / scale)^q, the rule a
     process uses between its own blocks; overflow-free for any finite input;
-  * top-k: a radix select over 64-bit ranking keys whose unsigned order is the ranking; each pass
-    all-reduces a histogram of the next digit of the entries still tied with the boundary
-    (at most 65536 counters per pass, whatever the data size), then each rank keeps those whose
-    digit is the boundary's. Entries tied with the k-th key are ranked by their position in the
+  * top-k: a radix select over ranking keys (the dtype's own bits, whose unsigned order is the
+    ranking); each pass all-reduces a histogram of the next digit of the entries still tied with
+    the boundary (4096 counters per pass over whole tensors, whatever the data size; 4-bit digits
+    per row when selecting in many rows), then each rank keeps those whose digit is the boundary's. Entries tied with the k-th key are ranked by their position in the
     unsharded data (a second select over positions), so masks are bit-identical to the
     single-process answer, ties included.
 
