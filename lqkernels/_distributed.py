@@ -68,10 +68,6 @@ class Layout:
     world: int
     shard_dim: int | None
 
-    @property
-    def placement(self):
-        return Replicate() if self.shard_dim is None else Shard(self.shard_dim)
-
     def same_as(self, other: "Layout") -> bool:
         return self.mesh == other.mesh and self.shard_dim == other.shard_dim
 

@@ -125,8 +125,9 @@ def _survivor_counts(targets: list[_Target]) -> list[int]:
             if lay.shard_dim is None and lay.coordinate != 0:
                 counts[i] = 0
             by_mesh.setdefault(lay.mesh, (lay.group, []))[1].append(i)
-    for group, indices in by_mesh.values():
-        merged = torch.tensor([counts[i] for i in indices], dtype=torch.int64)
+    for group, indices in by_mesh.values():  # on the parameters' device: nccl reduces CUDA tensors only
+        merged = torch.tensor([counts[i] for i in indices], dtype=torch.int64,
+                              device=_local(targets[indices[0]].param).device)
         torch.distributed.all_reduce(merged, group=group)
         for i, c in zip(indices, merged.tolist()):
             counts[i] = c
@@ -445,7 +446,7 @@ def _tensor_stats(weights: list[torch.Tensor], survivors: list, qs: list[float])
         part = _stats(_local(w), _local(s), qs, None) if owner or lay.coordinate == 0 else None
         columns.append(torch.cat([part[0] if qs else part[1].new_empty(0, dtype=torch.float64),
                                   part[1].double()[None]]) if part is not None
-                       else torch.zeros(len(qs) + 1, dtype=torch.float64))
+                       else torch.zeros(len(qs) + 1, dtype=torch.float64, device=_local(w).device))
     merged = torch.stack(columns, 1)
     torch.distributed.all_reduce(merged, group=lay.group)
     return (merged[:-1] if qs else None), merged[-1].round().to(torch.int64)
