@@ -8,7 +8,7 @@ export TORCH_CUDA_ARCH_LIST ?= 9.0a
 export MAX_JOBS ?= 2
 NATIVE_SOURCES := CMakeLists.txt setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test bench build studies clean
+.PHONY: demo test bench build studies clean gpu-static
 
 demo: $(VENV)/.built
 	$(PY) -m lqkernels.demo
@@ -32,6 +32,11 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/ratios.py out/bench.json
 
 build: $(VENV)/.built
+
+# Static check of every GPU kernel without a GPU (registers, spills, hot-loop SASS) against
+# benchmarks/gpu_static_baseline.json; needs nvcc and triton.
+gpu-static: $(VENV)/.built
+	$(PY) benchmarks/gpu_static.py
 
 # The papers' numerical studies (experiments/), then docs/RESULTS.md from their tables.
 studies: $(VENV)/.built
