@@ -96,6 +96,8 @@ def _triton_cases():
     import torch
     import triton.language as tl
 
+    from lqkernels._triton.measures import powsum_geometry
+
     def t(dtype):
         return torch.empty(0, dtype=dtype, device="meta")
 
@@ -103,9 +105,10 @@ def _triton_cases():
                                          torch.int16, torch.bool)
     rows, cols = 14336, 4096  # benchmarks/gpu_measures.py, gpu_sparse_linear.py: W 14336 x 4096
 
-    def powsum(x, n, splits, nq, kind):  # row_powsum_triton: splits from 2 programs per SM
+    def powsum(x, n, slices, nq, kind):  # the launcher's own geometry, 2 programs per SM
+        splits, span = powsum_geometry(slices, n, 2 * H200_SMS)
         return dict(x_ptr=t(x), mask_ptr=t(x), qs_ptr=t(f32), sums_ptr=t(f32), scale_ptr=t(f32), count_ptr=t(i64),
-                    n=n, span=-(-n // splits), splits=splits, out_stride=(rows if splits == 1 else 1) * splits), \
+                    n=n, span=span, splits=splits, out_stride=slices * splits), \
             dict(HAS_MASK=False, NQ=nq, QPAD=1 << (nq - 1).bit_length(), KIND=kind, BLOCK=1024, ACC=tl.float32)
 
     def topk(x, key, key_tl, key_bits):
@@ -138,13 +141,13 @@ def _triton_cases():
             dict(HAS_BIAS=False, BLOCK_M=64, B=32, IEEE=False, ACC=tl.float32)
 
     cases = [
-        ("_row_powsum_kernel[bf16 q=0.5]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, 1, 1, 3)),
-        ("_row_powsum_kernel[bf16 q=0.3]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, 1, 1, 0)),
-        ("_row_powsum_kernel[bf16 5 exponents]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, 1, 5, 0)),
-        ("_row_powsum_kernel[fp32 q=0.3]", "measures", "_row_powsum_kernel", *powsum(f32, cols, 1, 1, 0)),
+        ("_row_powsum_kernel[bf16 q=0.5]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, rows, 1, 3)),
+        ("_row_powsum_kernel[bf16 q=0.3]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, rows, 1, 0)),
+        ("_row_powsum_kernel[bf16 5 exponents]", "measures", "_row_powsum_kernel", *powsum(bf16, cols, rows, 5, 0)),
+        ("_row_powsum_kernel[fp32 q=0.3]", "measures", "_row_powsum_kernel", *powsum(f32, cols, rows, 1, 0)),
         # dim=None: the whole tensor as one row, split over 2 programs per SM
         ("_row_powsum_kernel[bf16 q=0.5 one row]", "measures", "_row_powsum_kernel",
-         *powsum(bf16, rows * cols, 2 * H200_SMS, 1, 3)),
+         *powsum(bf16, rows * cols, 1, 1, 3)),
         ("_row_gini_kernel[fp32]", "measures", "_row_gini_kernel",
          dict(sorted_ptr=t(f32), pruned_ptr=t(i64), out_ptr=t(f32), n=cols), dict(BLOCK=1024, ACC=tl.float64)),
         ("_row_topk_kernel[fp32]", "selection", "_row_topk_kernel", *topk(f32, i32, tl.uint32, 32)),

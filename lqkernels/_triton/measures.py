@@ -89,6 +89,18 @@ def merge_parts(part_sums, part_count, part_scale, qs):
     return (part_sums * factor).sum(2), part_count.sum(1), scale
 
 
+def powsum_geometry(rows: int, n: int, lanes: int) -> tuple[int, int]:
+    """(splits, span) of a row_powsum_triton launch: each row split into parts of `span` entries
+    until rows x splits programs fill `lanes` (2 per SM), never below 16 blocks per part. The span
+    is a whole number of blocks: a span that is not a multiple of 16 entries (222426 for a bf16
+    14336 x 4096 tensor reduced whole) misaligns every part's first load, and Triton then loads 2
+    bytes at a time instead of 16."""
+    splits = max(1, min(MAX_SPLITS, -(-lanes // max(rows, 1)), -(-n // (16 * BLOCK))))
+    per_part = -(-n // splits)
+    span = max(1, -(-per_part // BLOCK)) * BLOCK  # whole blocks; one for an empty row
+    return max(1, -(-n // span)), span
+
+
 @torch.library.custom_op("lqkernels::row_powsum_triton", mutates_args=(), device_types=device_types())
 def row_powsum_triton(x: torch.Tensor, mask: torch.Tensor | None,
                       qs: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,8 +111,7 @@ def row_powsum_triton(x: torch.Tensor, mask: torch.Tensor | None,
     rows, n = x.shape
     acc = _ops.acc_dtype(x.dtype)
     lanes = torch.cuda.get_device_properties(x.device).multi_processor_count * 2 if x.is_cuda else 4
-    splits = max(1, min(MAX_SPLITS, -(-lanes // max(rows, 1)), -(-n // (16 * BLOCK))))
-    span = -(-n // splits)
+    splits, span = powsum_geometry(rows, n, lanes)
     sums = torch.empty((len(qs), rows * splits), dtype=acc, device=x.device)
     scale = torch.empty(rows * splits, dtype=acc, device=x.device)
     count = torch.empty(rows * splits, dtype=torch.int64, device=x.device)
