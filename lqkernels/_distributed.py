@@ -107,6 +107,23 @@ def local_pair(x, mask, op: str, of: str = "x"):
     return lay, x.to_local(), mask.to_local()
 
 
+def local_inputs(x, mask, group, op: str, of: str = "x"):
+    """(layout or None, local x, local mask, group or None) of a public op's input: a DTensor (and
+    its mask, placed alike) as its local block; plain tensors as they are, with `group=` checked.
+    Mixing the two forms raises ValueError."""
+    if is_dtensor(x):
+        if group is not None:
+            raise group_with_dtensors(op)
+        return (*local_pair(x, mask, op, of), None)
+    if is_dtensor(mask):
+        raise ValueError(f"{op}: mask is a DTensor but {of} is a {type(x).__name__}; pass both as DTensors")
+    return None, x, mask, None if group is None else check_group(group, op)
+
+
+def group_with_dtensors(op: str) -> ValueError:
+    return ValueError(f"{op}: group= is for plain tensors split by the caller; a DTensor carries its own mesh")
+
+
 def shard_offset(lay: Layout, global_size: int, local_size: int, op: str) -> int:
     """Where this rank's block starts along the sharded dim: DTensor's (and FSDP2's) torch.chunk
     split, blocks of ceil(n / world) in mesh order. A block of another size raises ValueError."""

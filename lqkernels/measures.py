@@ -123,11 +123,8 @@ def _spread(x, dim: Dim, mask, group, op: str):
     """(local x, local mask, the group whose ranks each hold a part of every slice or None,
     _Out's layout fields): for a DTensor x its local block (slices split when x is sharded along a
     reduced dim); for group= plain tensors as given."""
-    if _distributed.is_dtensor(x):
-        if group is not None:
-            raise ValueError(f"{op}: group= is for plain tensors split by the caller; a DTensor "
-                             f"carries its own mesh")
-        lay, local, local_mask = _distributed.local_pair(x, mask, op)
+    lay, local, local_mask, group = _distributed.local_inputs(x, mask, group, op)
+    if lay is not None:
         reduced = _reduced_dims(x.dim(), dim, op)
         split = lay.shard_dim is not None and (lay.shard_dim in reduced or x.dim() == 0)
         kept = [d for d in range(x.dim()) if d not in reduced]
@@ -136,15 +133,13 @@ def _spread(x, dim: Dim, mask, group, op: str):
         shard = None if split or lay.shard_dim is None else lay.shard_dim
         shard_out = None if shard is None else kept.index(shard)
         return local, local_mask, lay.group if split else None, (lay, global_out, global_keep, shard_out, shard)
-    if _distributed.is_dtensor(mask):
-        raise ValueError(f"{op}: mask is a DTensor but x is a {type(x).__name__}; pass both as DTensors")
-    if group is not None:
-        group = _distributed.check_group(group, op)
-    return x, mask, group, (None,) * 5
+    return local, local_mask, group, (None,) * 5
 
 
-def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: str, group=None):
-    """Per-slice (T_q rows, count, scale) from one pass over x, and the _Out of the result.
+def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: str, group=None,
+               float64: bool = False):
+    """Per-slice (T_q rows, count, scale) from one pass over x, and the _Out of the result
+    (float64: the pass itself over x in float64, whatever x's dtype).
 
     Slices split across ranks (a DTensor sharded along a reduced dim, or group=): every rank
     computes its part's statistics and they are merged (lqkernels._distributed.merge_powsums),
@@ -155,6 +150,8 @@ def _row_stats(x: torch.Tensor, dim: Dim, mask, qs: list[float], backend, op: st
                                        "mask": mask is not None, "dtype": str(x.dtype)},
                            check=lambda: _as_rows(x, dim, mask, op))
     x2d, mask2d, out_shape, keep_shape = _as_rows(x, dim, mask, op)
+    if float64 and qs:
+        x2d = x2d.double()
     with user_terms(op):
         chosen = _backend.resolve("row_powsum", backend, x.device)
         sums, count, scale = _backend.kernel("row_powsum", chosen)(x2d, mask2d, qs)
@@ -196,8 +193,9 @@ def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: to
     `count` (int64, the reduced shape) is the number of survivors d of each slice, which power
     means and masked indices need. At most 8 finite exponents > 0 per call (q = inf is
     `lq_norm(x, inf)`). A sum beyond the float32 range is inf, as it should be. dtype=torch.float64
-    returns the sums as accumulated (float64 finalize) instead of rounded to float32: what a
-    decision needs whose rounding must not move (a keep count from sums over millions of entries).
+    accumulates and returns the sums in float64 (through a float64 copy of lower-precision x):
+    what a decision needs whose rounding must not move (a keep count from sums over millions of
+    entries, whatever the thread count or the sharding).
     """
     op = "lq_powsum"
     if isinstance(qs, (int, float)):
@@ -206,7 +204,7 @@ def lq_powsum(x: torch.Tensor, qs: Sequence[float], dim: Dim = None, *, mask: to
     _ops.check_exponents(qs, op)
     if dtype not in (None, torch.float32, torch.float64):
         raise TypeError(f"{op}: dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
-    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group)
+    t, count, scale, out = _row_stats(x, dim, mask, qs, backend, op, group, float64=dtype == torch.float64)
     q = torch.tensor(qs, dtype=t.dtype, device=t.device)[:, None]
     sums = torch.where(t == 0, 0.0, scale[None, :].pow(q) * t)  # 0 · inf never happens
     return PowSums(out.shaped(sums, dtype or _ops.acc_dtype(x.dtype), False, [len(qs)]),

@@ -409,7 +409,7 @@ def _mask_weights(optimizer, args, kwargs) -> None:
 
 def _number(x: torch.Tensor) -> float:
     """A 0-d result as a Python number (a replicated DTensor's local value)."""
-    return (x.to_local() if _distributed.is_dtensor(x) else x).item()
+    return _local(x).item()
 
 
 def _local(x):
@@ -426,7 +426,7 @@ def _stats(w: torch.Tensor, s: torch.Tensor | None, qs: list[float], dim):
     accumulation (~1e-7 relative over a million entries, in an order that depends on the thread
     count and on how the tensor is sharded) would move it by a fraction of a weight; in float64
     the same step gives the same masks single-process, on any thread count, and sharded."""
-    sums, count = ops.lq_powsum(w.double() if qs else w, qs, dim, mask=s, dtype=torch.float64)
+    sums, count = ops.lq_powsum(w, qs, dim, mask=s, dtype=torch.float64)
     return _local(sums) if qs else None, _local(count)
 
 

@@ -123,10 +123,8 @@ def _spread_row_topk(scores, k, dim, mask, magnitude, largest, backend, op, grou
     """_row_topk for DTensor scores or group=: slices whole on every rank go to the local kernel;
     slices split across ranks (sharded along `dim`, or group=) go to the distributed radix select
     (lqkernels._distributed.radix_topk), ties by position in the whole slice."""
-    if _distributed.is_dtensor(scores):
-        if group is not None:
-            raise ValueError(f"{op}: group= is for plain tensors split by the caller; a DTensor carries its own mesh")
-        lay, local, local_mask = _distributed.local_pair(scores, mask, op, of="scores")
+    lay, local, local_mask, group = _distributed.local_inputs(scores, mask, group, op, of="scores")
+    if lay is not None:
         dim = _check_dim(dim, scores.dim(), op)
         slice_shape = [n for i, n in enumerate(scores.shape) if i != dim] if scores.dim() else []
         if lay.shard_dim != dim or scores.dim() == 0:
@@ -142,10 +140,7 @@ def _spread_row_topk(scores, k, dim, mask, magnitude, largest, backend, op, grou
                                  f"rank: an int, a plain tensor or a replicated DTensor, got {k.placements[0]}")
             k = k.to_local()
     else:
-        if _distributed.is_dtensor(mask):
-            raise ValueError(f"{op}: mask is a DTensor but scores are a {type(scores).__name__}; pass both as DTensors")
-        group = _distributed.check_group(group, op)
-        lay, local, local_mask, coordinate = None, scores, mask, torch.distributed.get_rank(group)
+        coordinate = torch.distributed.get_rank(group)
     prepared = {}
 
     def prepare():  # the single-process checks, run inside the agreement
@@ -308,10 +303,9 @@ def _global_flat(cols: torch.Tensor, local_shape, global_shape, shard_dim: int |
 
 def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
     """global_topk_masks over DTensors (the mesh's ranks) or over each rank's own tensors (group=)."""
-    tensors = list(tensors) if isinstance(tensors, Sequence) and not isinstance(tensors, torch.Tensor) else tensors
     dtensors = group is None
     if dtensors:
-        if not isinstance(tensors, list) or not tensors or not all(_distributed.is_dtensor(t) for t in tensors):
+        if not isinstance(tensors, Sequence) or not tensors or not all(_distributed.is_dtensor(t) for t in tensors):
             raise ValueError(f"{op}: mix of DTensors and plain tensors; pass every tensor (and mask) as a DTensor "
                              f"on one mesh, or plain tensors with group=")
         pairs = [_distributed.local_pair(t, None if masks is None else masks[i], op, f"tensors[{i}]")
@@ -327,7 +321,7 @@ def _spread_global_topk(tensors, k, masks, magnitude, largest, group, op):
         facts = {"coordinate": coordinate, "dtype": str(tensors[0].dtype)}
     else:
         if any(_distributed.is_dtensor(t) for t in list(tensors or []) + list(masks or [])):
-            raise ValueError(f"{op}: group= is for plain tensors split by the caller; DTensors carry their own mesh")
+            raise _distributed.group_with_dtensors(op)
         group = _distributed.check_group(group, op)
         coordinate, local, local_masks = torch.distributed.get_rank(group), tensors, masks
         common = {"k": k, "magnitude": magnitude, "largest": largest}
