@@ -80,6 +80,22 @@ def test_the_cas_retry_loop_breaks_the_cas_rule_for_any_kernel():
     assert set(broken) == {"no_cas_in_loops"}
 
 
+def test_barriers_count_per_loop_iteration_or_per_program():
+    # The streaming loop 0x40-0xb0 (CAS retry and call gone) with a barrier in it breaks the
+    # per-loop rule; without its backward branch the kernel has no loop, one program per tile, and
+    # its barriers are counted against the per-program allowance instead.
+    looped = (SASS.replace("LDG.E.64", "LDG.E.128").replace("CALL.REL.NOINC 0xe0", "BAR.SYNC.DEFER_BLOCKING 0x0")
+              .replace("ATOMS.CAST.SPIN P1, RZ, [R9], R10, R11", "NOP").replace("@!P1 BRA 0x80", "@!P1 BRA 0xa0"))
+    broken = gpu_static.broken_rules(report_of(looped, "cuda:row_powsum_kernel<float, float>"))
+    assert set(broken) == {"max_barriers_per_loop"} and "1 BAR per hot-loop iteration > 0" in broken["max_barriers_per_loop"]
+    loopless = looped.replace("@P0 BRA 0x40", "NOP")
+    report = report_of(loopless, "cuda:row_powsum_kernel<float, float>")
+    assert report["loops"] == [] and gpu_static.broken_rules(report) == {}
+    limit = gpu_static.rules_for("cuda:row_powsum_kernel<float, float>")["max_barriers_per_program"]
+    report["whole"]["BAR"] = limit + 1
+    assert set(gpu_static.broken_rules(report)) == {"max_barriers_per_program"}
+
+
 def test_every_kernel_keeps_to_its_baseline():
     missing = gpu_static.missing_tools()
     if missing:

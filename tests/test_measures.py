@@ -214,6 +214,18 @@ def check_all(x, dim=None, keepdim=False, mask=None, backend=None, **kw) -> dict
     return results
 
 
+@pytest.fixture(params=["short-rows", "long-rows"])
+def triton_rows(request, device_backend, monkeypatch):
+    """Runs a test once more for Triton with every row taken as long: the chunked kernel, which
+    only rows longer than ROW_ON_CHIP (16384) reach, gets the same checks as the on-chip one."""
+    if request.param == "long-rows":
+        if device_backend[1] != "triton":
+            pytest.skip("only Triton has a second kernel for long rows")
+        from lqkernels._triton import measures as triton_measures
+        monkeypatch.setattr(triton_measures, "ROW_ON_CHIP", 0)
+    return request.param
+
+
 def random_input(gen, shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Heavy-tailed values (a normal scaled by a log-normal) with ~20% exact zeros, in dtype."""
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -260,7 +272,7 @@ def case_id(case) -> str:
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("case", SHAPE_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_matches_float64_reference(device_backend, dtype, case, masked, gen):
+def test_matches_float64_reference(device_backend, triton_rows, dtype, case, masked, gen):
     device, backend = device_backend
     shape, dim, keepdim = case
     skip_unsupported(backend, dtype)
@@ -271,7 +283,7 @@ def test_matches_float64_reference(device_backend, dtype, case, masked, gen):
     check_all(x, dim, keepdim, mask, backend)
 
 
-def test_lq_powsum_exponent_lists(device_backend, gen):
+def test_lq_powsum_exponent_lists(device_backend, triton_rows, gen):
     # One exponent takes the special-cased paths (q = 1, 2, 0.5); none gives empty sums.
     device, backend = device_backend
     x = random_input(gen, (3, 50), torch.float32, device)
@@ -308,7 +320,7 @@ def test_auto_backend_and_env_variable_agree(device_backend, gen, monkeypatch):
 # Edge cases.
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fully_masked_and_unmasked_slices(device_backend, dtype, gen):
+def test_fully_masked_and_unmasked_slices(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     skip_unsupported(backend, dtype)
     x = random_input(gen, (4, 12), dtype, device)
@@ -327,7 +339,7 @@ def test_fully_masked_and_unmasked_slices(device_backend, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_zeros_and_all_zero_slices(device_backend, dtype, gen):
+def test_zeros_and_all_zero_slices(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     skip_unsupported(backend, dtype)
     x = random_input(gen, (3, 10), dtype, device)
@@ -361,7 +373,7 @@ def test_cpp_zero_rows_does_not_crash():
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("shape,dim", EMPTY_CASES, ids=[f"{s}-dim{d}" for s, d in EMPTY_CASES])
-def test_empty(device_backend, shape, dim, masked):
+def test_empty(device_backend, triton_rows, shape, dim, masked):
     device, backend = device_backend
     x = torch.empty(shape, dtype=torch.float32, device=device)
     mask = torch.empty(shape, dtype=torch.bool, device=device) if masked else None
@@ -372,7 +384,7 @@ def test_empty(device_backend, shape, dim, masked):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_one_element(device_backend, dtype, gen):
+def test_one_element(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     skip_unsupported(backend, dtype)
     x = torch.tensor([[-2.5], [0.0], [4.0]], dtype=dtype, device=device)
@@ -410,7 +422,7 @@ def test_zero_dim_keepdim_keeps_zero_dims(cpu_backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_non_contiguous(device_backend, dtype, gen):
+def test_non_contiguous(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     if interpreted(backend) and dtype != torch.float32:
         pytest.skip("Triton's interpreter: float32 only (time)")
@@ -433,7 +445,7 @@ def test_non_contiguous(device_backend, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nan_stays_in_its_slice(device_backend, dtype, gen):
+def test_nan_stays_in_its_slice(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     skip_unsupported(backend, dtype)
     x = random_input(gen, (4, 10), dtype, device)
@@ -454,7 +466,7 @@ def test_nan_stays_in_its_slice(device_backend, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_infinite_entries_give_the_limit(device_backend, dtype, gen):
+def test_infinite_entries_give_the_limit(device_backend, triton_rows, dtype, gen):
     device, backend = device_backend
     skip_unsupported(backend, dtype)
     d = 6
@@ -511,7 +523,7 @@ EXTREME_FLOAT32 = {  # float64 draws, rounded to float32 (the reference sees the
 
 
 @pytest.mark.parametrize("case", list(EXTREME_FLOAT32))
-def test_extreme_float32_magnitudes(device_backend, case, gen):
+def test_extreme_float32_magnitudes(device_backend, triton_rows, case, gen):
     # A naive float32 Σ|x|^q over- or underflows here (1e30^2, 1e-30^3, 1e-42^0.1 loses to
     # flush-to-zero); the ops must match the float64 reference, inf only where the true result
     # exceeds float32 (sums of 1e30^2, say).
@@ -543,7 +555,7 @@ def test_lq_powsum_normal_sum_of_subnormal_powers(device_backend):
 
 
 @pytest.mark.parametrize("exponent", [1000, -1000])
-def test_extreme_float64_magnitudes(device_backend, exponent, gen):
+def test_extreme_float64_magnitudes(device_backend, triton_rows, exponent, gen):
     # Scaling by a power of two is exact: norms scale by 2^e, indices do not change, even where
     # Σ|x|^q itself leaves float64's range.
     device, backend = device_backend

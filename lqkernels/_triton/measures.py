@@ -1,28 +1,109 @@
 """Triton kernels of the per-slice measures: ops lqkernels::row_powsum_triton and row_gini_triton,
 same contracts as lqkernels::row_powsum / row_gini (lqkernels/_ops.py).
 
-One program reduces one part of one row in BLOCK-wide chunks, keeping sums relative to its running
-maximum; every exponent is evaluated on a (exponents × BLOCK) tile that shares one log2 per element.
-Long rows are split over several programs whose partial states merge_parts combines.
+Power sums take one of two kernels:
+- rows of at most ROW_ON_CHIP entries (a weight's rows, dim=1 or 0): one program holds its whole
+  row in registers, read once with 16-byte loads; it takes the row max, scales by its reciprocal
+  and sums each exponent's terms, each exponent's formula chosen at compile time (q=1: |x|, q=2: a
+  multiply, q=0.5: one sqrt, other q: one fast log2 per element shared by all of them and one exp2
+  per exponent). No loop, no running rescale; counts and NaN flags cost nothing without a mask
+  (a NaN makes every sum NaN by itself).
+- longer rows and dim=None: each row is split into parts that one program reduces in BLOCK-wide
+  chunks, keeping sums relative to its running maximum; merge_parts combines the parts.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from lqkernels import _ops
-from lqkernels._triton import device_types
+from lqkernels._triton import device_types, interpreted
 
 BLOCK = 1024
 MAX_SPLITS = 1024
+# 16384 float32 entries over 16 warps: 32 per thread, and as many more for the shared log2 (below
+# the 128-register budget of benchmarks/gpu_static.py). A longer row takes the chunked kernel.
+ROW_ON_CHIP = 16384
 
-# Exponent kinds that have a cheaper exact formula, for the single-exponent case.
+# Exponent kinds that have a cheaper exact formula: per exponent in the on-chip kernel, for a lone
+# exponent in the chunked one.
 KIND_GENERAL, KIND_ONE, KIND_TWO, KIND_HALF = 0, 1, 2, 3
 
 
 def exponent_kind(q: float) -> int:
     return {1.0: KIND_ONE, 2.0: KIND_TWO, 0.5: KIND_HALF}.get(float(q), KIND_GENERAL)
+
+
+def exponent_kinds(qs) -> int:
+    """Every exponent's kind in one compile-time integer: 2 bits per exponent, the first lowest."""
+    return sum(exponent_kind(q) << (2 * i) for i, q in enumerate(qs))
+
+
+def on_chip_warps(row: int) -> int:
+    """Warps of an on-chip program for a row padded to `row` entries: 1024 entries per warp (32
+    per thread), 1 to 16 warps."""
+    return max(1, min(16, row // 1024))
+
+
+@functools.lru_cache(maxsize=64)
+def exponents_on(qs: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The exponents as a tensor on `device`, made once per (qs, dtype, device): a call does not
+    pay a host-to-device copy for them."""
+    return torch.tensor(qs, dtype=dtype, device=device)
+
+
+@triton.jit
+def _row_powsum_on_chip_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, count_ptr, n, out_stride,
+                               HAS_MASK: tl.constexpr, NQ: tl.constexpr, KINDS: tl.constexpr,
+                               GENERAL: tl.constexpr, ROW: tl.constexpr, ACC: tl.constexpr,
+                               TINY: tl.constexpr, BOOST: tl.constexpr, FAST: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, ROW)
+    inside = offs < n
+    row_start = row.to(tl.int64) * n
+    a = tl.abs(tl.load(x_ptr + row_start + offs, mask=inside, other=0.0).to(ACC))
+    if HAS_MASK:  # loaded beside x, not before it: one memory round trip
+        keep = inside & (tl.load(mask_ptr + row_start + offs, mask=inside, other=0) != 0)
+        a = tl.where(keep, a, 0.0)
+    scale = tl.max(tl.where(a == a, a, 0.0), 0)  # NaNs are left to the sums (below)
+    if scale < TINY:  # 1 / scale would overflow (or scale is 0): scale both by an exact power of two
+        a = a * BOOST
+        inv = tl.where(scale > 0, 1.0 / (scale * BOOST), 0.0)
+    else:
+        inv = tl.where(scale < float("inf"), 1.0 / scale, 0.0)
+    # a * (1/scale) is a / scale within 1.5 ulp, without a division per entry; with an infinite
+    # scale, infinities count 1 and finite entries 0; a NaN stays NaN and makes every sum NaN.
+    r = tl.where(a == float("inf"), 1.0, a * inv)
+    if GENERAL:
+        if FAST:
+            log2r = libdevice.fast_log2f(r)  # lg2.approx: one MUFU op; log2(0) = -inf, 2^-inf = 0
+        else:
+            log2r = tl.log2(r)
+    probe = tl.zeros([], dtype=ACC)
+    for i in tl.static_range(NQ):
+        # the exponent's kind, decided at compile time (a local name would be a runtime value)
+        if ((KINDS >> (2 * i)) & 3) == 1:
+            total = tl.sum(r, 0)
+        elif ((KINDS >> (2 * i)) & 3) == 2:
+            total = tl.sum(r * r, 0)
+        elif ((KINDS >> (2 * i)) & 3) == 3:
+            total = tl.sum(tl.sqrt(r), 0)
+        else:
+            total = tl.sum(tl.exp2(tl.load(qs_ptr + i) * log2r), 0)
+        tl.store(sums_ptr + i * out_stride + row, total)
+        if i == 0:
+            probe = total
+    if NQ == 0:
+        probe = tl.sum(r, 0)
+    tl.store(scale_ptr + row, tl.where(probe != probe, float("nan"), scale))
+    if HAS_MASK:
+        tl.store(count_ptr + row, tl.sum(keep.to(tl.int32), 0).to(tl.int64))
+    else:
+        tl.store(count_ptr + row, tl.zeros([], dtype=tl.int64) + n)
 
 
 @triton.jit
@@ -110,13 +191,15 @@ def row_powsum_triton(x: torch.Tensor, mask: torch.Tensor | None,
     mask = mask.contiguous() if mask is not None else None
     rows, n = x.shape
     acc = _ops.acc_dtype(x.dtype)
+    if n <= ROW_ON_CHIP:
+        return _row_powsum_on_chip(x, mask, qs, acc)
     lanes = torch.cuda.get_device_properties(x.device).multi_processor_count * 2 if x.is_cuda else 4
     splits, span = powsum_geometry(rows, n, lanes)
     sums = torch.empty((len(qs), rows * splits), dtype=acc, device=x.device)
     scale = torch.empty(rows * splits, dtype=acc, device=x.device)
     count = torch.empty(rows * splits, dtype=torch.int64, device=x.device)
     if rows > 0:
-        qs_t = torch.tensor(qs or [1.0], dtype=acc, device=x.device)
+        qs_t = exponents_on(tuple(float(q) for q in qs) or (1.0,), acc, x.device)
         _row_powsum_kernel[(rows, splits)](
             x, mask if mask is not None else x, qs_t, sums, scale, count, n, span, splits,
             rows * splits, HAS_MASK=mask is not None, NQ=len(qs),
@@ -132,6 +215,30 @@ def row_powsum_triton(x: torch.Tensor, mask: torch.Tensor | None,
 @row_powsum_triton.register_fake
 def _(x, mask, qs):
     return _ops._row_powsum_fake(x, mask, qs)
+
+
+def on_chip_constexprs(qs, acc: torch.dtype, n: int, has_mask: bool, fast: bool) -> dict:
+    """The compile-time arguments of _row_powsum_on_chip_kernel (shared with the static check)."""
+    f64 = acc == torch.float64
+    tiny_exponent = 1000 if f64 else 120  # below 2^-tiny, 1 / scale overflows (or nearly)
+    return dict(HAS_MASK=has_mask, NQ=len(qs), KINDS=exponent_kinds(qs),
+                GENERAL=any(exponent_kind(q) == KIND_GENERAL for q in qs), ROW=triton.next_power_of_2(max(n, 1)),
+                ACC=tl.float64 if f64 else tl.float32, TINY=2.0 ** -tiny_exponent, BOOST=2.0 ** tiny_exponent,
+                FAST=fast and not f64)
+
+
+def _row_powsum_on_chip(x, mask, qs, acc):
+    rows, n = x.shape
+    sums = torch.empty((len(qs), rows), dtype=acc, device=x.device)
+    scale = torch.empty(rows, dtype=acc, device=x.device)
+    count = torch.empty(rows, dtype=torch.int64, device=x.device)
+    if rows == 0:
+        return sums, count, scale
+    constexprs = on_chip_constexprs(qs, acc, n, mask is not None, fast=not interpreted())
+    exponents = exponents_on(tuple(float(q) for q in qs), acc, x.device) if constexprs["GENERAL"] else sums
+    _row_powsum_on_chip_kernel[(rows,)](x, mask if mask is not None else x, exponents, sums, scale, count, n, rows,
+                                        num_warps=on_chip_warps(constexprs["ROW"]), **constexprs)
+    return sums, count, scale
 
 
 @triton.jit
