@@ -70,7 +70,7 @@ H200_SMS = 132  # the Triton launchers size their grids by the SM count (row_pow
 DEFAULT_RULES = {"max_registers": 128, "streaming": False, "max_barriers_per_loop": 4, "max_barriers_per_program": 12}
 RULES = [
     (r"row_powsum|row_gini|row_topk|global_(histogram|count|mark)|_digit_histogram|_mark_kernel"
-     r"|csr16_linear|bitmap_linear", {"streaming": True, "max_barriers_per_loop": 0}),
+     r"|csr16_linear|bitmap_linear|_nm_mask", {"streaming": True, "max_barriers_per_loop": 0}),
     # Radix selection ranks boundary ties across the block in index order: a block-wide scan per
     # tile (CUDA mark_tile: 3 barriers) is the algorithm, not an accident.
     (r"row_topk", {"max_barriers_per_loop": 3}),
@@ -171,6 +171,11 @@ def _triton_cases():
         ("_digit_histogram_kernel[fp32 first pass]", "selection", "_digit_histogram_kernel", *histogram(0, 21, 11)),
         ("_digit_histogram_kernel[fp32 last pass]", "selection", "_digit_histogram_kernel",
          *histogram(0xFFFFFC00, 0, 10)),
+        # N:M 2:4 over gpu_selection.py's 4096 x 4096 float32 and gpu_measures.py's bf16 weight
+        *((f"_nm_mask_kernel[{name} 2:4]", "selection", "_nm_mask_kernel",
+           dict(x_ptr=t(x), out_ptr=t(u8), nan_ptr=t(i64), groups=numel_nm // 4),
+           dict(N=2, M=4, MP=4, PER_ROW=per_row, MAGNITUDE=True, KEY=tl.uint32, KEY_BITS=32, ROWS=512))
+          for name, x, numel_nm, per_row in (("fp32", f32, 4096 * 4096, 1), ("bf16", bf16, rows * cols, 2))),
         ("_mark_kernel[fp32]", "selection", "_mark_kernel", *mark(False)),
         ("_mark_kernel[fp32 ties]", "selection", "_mark_kernel", *mark(True)),
         ("_csr16_linear_kernel[bf16 batch 1]", "sparse_linear", "_csr16_linear_kernel",

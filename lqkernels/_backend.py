@@ -26,8 +26,9 @@ REFERENCES = {
 
 # On CUDA tensors, "auto" picks this backend per op. Measured on an H200 (benchmarks/RESULTS.md,
 # "H200"): CUDA C++ wins pq_index, whole-tensor norms, global selection, N:M groups and every
-# sparse-linear point; Triton wins single-exponent row norms and long-row top-k, but is 100x slower
-# on N:M groups, which share row_topk_mask.
+# sparse-linear point; Triton wins single-exponent row norms and long-row top-k. (Those Triton
+# numbers predate its on-chip power sums and its own N:M kernel, which no GPU has run yet: auto
+# keeps to what was measured.)
 AUTO_CUDA = {op: "cuda" for op in REFERENCES}
 AUTO_CUDA["bsr_linear"] = "triton"  # block-sparse tiles need tl.dot's tensor cores; no CUDA C++ kernel
 

@@ -367,6 +367,11 @@ def _nonempty(tensors) -> bool:
     return isinstance(tensors, Sequence) and len(tensors) > 0 and isinstance(tensors[0], torch.Tensor)
 
 
+def _triton_nm_max_m() -> int:
+    from lqkernels._triton.selection import NM_MAX_M  # loaded: the backend resolved to Triton
+    return NM_MAX_M
+
+
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, magnitude: bool = True,
             backend: str | None = None) -> torch.Tensor:
     """N:M mask: keeps the n best-ranked of every m consecutive entries along `dim` (2:4 for
@@ -398,5 +403,13 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, magn
         raise ValueError(f"{op}: the length {x.shape[dim]} along dim {dim} is not divisible by m={m}")
     moved = x.movedim(dim, -1)
     groups = moved.reshape(-1, m)
-    out = _row_topk(groups, n, -1, None, magnitude, True, backend, op)[0]
+    magnitude = _check_flag("magnitude", magnitude, op)
+    with user_terms(op):
+        chosen = _backend.resolve("row_topk_mask", backend, scores.device)
+    if chosen == "triton" and m <= _triton_nm_max_m():  # one pass, no per-group buffers
+        out, first_nan = torch.ops.lqkernels.nm_mask_triton(groups, n, magnitude)
+        if first_nan.item() < len(groups):
+            raise ValueError(f"{op}: scores contain NaN in slice {first_nan.item()}")
+    else:
+        out = _row_topk(groups, n, -1, None, magnitude, True, backend, op)[0]
     return out.reshape(moved.shape).movedim(-1, dim).reshape(scores.shape)

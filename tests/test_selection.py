@@ -662,14 +662,14 @@ def test_global_nan_outside_the_candidates_is_fine(backend, gen):
 # ---------------------------------------------------------------------------------------------
 # N:M masks.
 
+NM_SHAPES = ((2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (3, 8), (1, 1), (2, 3), (5, 6), (16, 32))
+# Triton runs N:M groups in its own kernel up to m = 32, beyond on its per-row selection, which
+# the interpreter runs one program per group: one group of 40 there.
+NM_BEYOND_DEDICATED = (7, 40)
+
+
 def nm_params():
-    params = []
-    for backend in ROW_BACKENDS:
-        for n, m in ((2, 4), (1, 4), (4, 8), (0, 4), (4, 4), (3, 8)):
-            if interpreted(backend) and (n, m) not in ((2, 4), (4, 8)):
-                continue
-            params.append(pytest.param(backend, n, m, id=f"{backend}-{n}:{m}"))
-    return params
+    return [pytest.param(backend, n, m, id=f"{backend}-{n}:{m}") for backend in ROW_BACKENDS for n, m in NM_SHAPES]
 
 
 def check_nm(x, n, m, dim, magnitude, backend):
@@ -687,11 +687,9 @@ def check_nm(x, n, m, dim, magnitude, backend):
 @pytest.mark.parametrize("magnitude", [True, False], ids=["mag", "val"])
 @pytest.mark.parametrize("backend, n, m", nm_params())
 def test_nm_mask(backend, n, m, magnitude, gen):
-    if interpreted(backend):  # one or two groups a call
-        x = draw((1, m * 2 if m == 4 else m), torch.float32, "ties", gen)
-        check_nm(x, n, m, -1 if magnitude else 1, magnitude, backend)
-        return
     for dtype in DTYPES:
+        if dtype == torch.bfloat16 and interpreted(backend):
+            continue  # Triton's interpreter (numpy) has no bfloat16
         for kind in ("ties", "continuous"):
             x = draw((6, 4 * m), dtype, kind, gen)
             check_nm(x, n, m, -1, magnitude, backend)
@@ -701,17 +699,36 @@ def test_nm_mask(backend, n, m, magnitude, gen):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_nm_many_groups(backend, gen):
+    # More groups than one Triton program takes (1024); the NaN check names the first NaN group
+    # even when a later program also finds one.
+    x = draw((2500, 8), torch.float32, "ties", gen)
+    check_nm(x, 2, 4, -1, True, backend)
+    x[2400, 1] = NAN
+    x[1050, 6] = NAN
+    with pytest.raises(ValueError, match="NaN in slice 2101"):
+        ops.nm_mask(x, 2, 4, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_nm_beyond_the_dedicated_kernel(backend, gen):
+    n, m = NM_BEYOND_DEDICATED
+    x = draw((1, m), torch.float32, "ties", gen)
+    check_nm(x, n, m, -1, True, backend)
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
 def test_nm_ties_lowest_index(backend):
     x = torch.tensor([[1.0, -1.0, 1.0, 1.0, 0.0, -0.0, 0.0, 3.0]])
     assert ops.nm_mask(x, 2, 4, backend=backend).tolist() == [[True, True, False, False, True, False, False, True]]
     assert ops.nm_mask(x, 2, 4, magnitude=False, backend=backend).tolist() == [
         [True, False, True, False, True, False, False, True]]
-    if not interpreted(backend):
-        assert ops.nm_mask(x, 4, 8, backend=backend).tolist() == [[True, True, True, False, False, False, False, True]]
-        # dim 0 of the transpose is the same selection
-        assert torch.equal(ops.nm_mask(x.t().contiguous(), 2, 4, dim=0, backend=backend),
-                           ops.nm_mask(x, 2, 4, backend=backend).t())
-        assert ops.nm_mask(torch.empty(3, 0), 2, 4, backend=backend).shape == (3, 0)
+    assert ops.nm_mask(x, 4, 8, backend=backend).tolist() == [[True, True, True, False, False, False, False, True]]
+    # dim 0 of the transpose is the same selection
+    assert torch.equal(ops.nm_mask(x.t().contiguous(), 2, 4, dim=0, backend=backend),
+                       ops.nm_mask(x, 2, 4, backend=backend).t())
+    assert ops.nm_mask(torch.empty(3, 0), 2, 4, backend=backend).shape == (3, 0)
+    assert ops.nm_mask(torch.tensor(5.0), 1, 1, backend=backend).tolist() is True  # 0-d: one group of 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,7 +843,10 @@ def test_bad_nm(backend):
     with pytest.raises(TypeError, match="True"):
         ops.nm_mask(x, True, 4, backend=backend)
     x[1, 5] = NAN
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN in slice 3"):  # groups of 4 in row-major order
+        ops.nm_mask(x, 2, 4, backend=backend)
+    x[2, 0] = NAN
+    with pytest.raises(ValueError, match="NaN in slice 3"):  # the first one
         ops.nm_mask(x, 2, 4, backend=backend)
 
 
@@ -913,6 +933,14 @@ def test_opcheck(name, dtype, masked, gen):
         masks = [torch.rand(t.shape, generator=gen) < 0.7 for t in xs] if masked else None
         total = sum(int(m.sum()) for m in masks) if masked else sum(t.numel() for t in xs)
         torch.library.opcheck(op, (xs, masks, total // 2, True, True))
+
+
+@pytest.mark.skipif(_backend.available("triton", "cpu", "row_topk_mask") is not None,
+                    reason="Triton's interpreter is off (TRITON_INTERPRET=1 runs it on CPU tensors)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_opcheck_nm_mask_triton(dtype, gen):
+    for count, m in ((7, 4), (6, 4), (5, 3)):  # odd and even counts (two float16 groups a row), padding
+        torch.library.opcheck(torch.ops.lqkernels.nm_mask_triton.default, (draw((count, m), dtype, "ties", gen), 2, True))
 
 
 def test_meta_shapes():

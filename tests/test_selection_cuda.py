@@ -190,9 +190,8 @@ def test_nm_2_4_on_4096x4096(backend, dtype, dgen):
 def test_nm_other_patterns(backend, dgen):
     need(backend)
     x = draw((2048, N), torch.float16, "ties", dgen)
-    patterns = ((1, 4), (4, 8), (0, 4), (4, 4), (16, 32)) if backend == "cuda" else ((1, 4), (4, 8))
-    for n, m in patterns:
-        for magnitude in (True, False) if backend == "cuda" else (True,):
+    for n, m in ((1, 4), (4, 8), (0, 4), (4, 4), (16, 32), (3, 64)):  # Triton: its N:M kernel up to m = 32
+        for magnitude in (True, False):
             got = ops.nm_mask(x, n, m, magnitude=magnitude, backend=backend)
             assert torch.equal(got, oracle_nm(x, n, m, -1, magnitude)), (n, m, magnitude)
 
@@ -379,6 +378,14 @@ def opcheck_cases():
                 cases.append(pytest.param(name, dtype, masked,
                                           id=f"{name}-{str(dtype)[6:]}-{'mask' if masked else 'nomask'}"))
     return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_opcheck_nm_mask_triton_cuda(dtype, dgen):
+    need("triton", "row_topk_mask")
+    for count, m in ((1001, 4), (1000, 4), (77, 6)):  # odd and even counts (two bf16 groups a row), padding
+        torch.library.opcheck(torch.ops.lqkernels.nm_mask_triton.default,
+                              (draw((count, m), dtype, "ties", dgen), 2, True))
 
 
 @pytest.mark.parametrize("name, dtype, masked", opcheck_cases())

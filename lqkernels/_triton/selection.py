@@ -1,6 +1,7 @@
 """Triton kernels of selection: ops lqkernels::row_topk_mask_triton and global_topk_masks_triton,
-same contracts as lqkernels::row_topk_mask / global_topk_masks (lqkernels/_ops.py). The callers in
-lqkernels.selection check NaN and k before calling.
+same contracts as lqkernels::row_topk_mask / global_topk_masks (lqkernels/_ops.py), and
+nm_mask_triton, N:M groups without the generic per-row machinery. The callers in
+lqkernels.selection check NaN and k before calling (nm_mask_triton reports NaN for its caller).
 
 Scores are ranked by order keys (csrc/selection_common.h): unsigned integers whose order is the
 ranking, so the k-th best is found bit by bit (rows) or digit by digit over histograms (global),
@@ -126,6 +127,78 @@ def row_topk_mask_triton(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | 
 @row_topk_mask_triton.register_fake
 def _(x, k, mask, magnitude, largest):
     return _ops._row_topk_mask_fake(x, k, mask, magnitude, largest)
+
+
+# ---- N:M groups ------------------------------------------------------------------------------
+# Groups of m consecutive scores. A program takes a tile of rows of PER_ROW groups each (two bf16
+# 2:4 groups make one 16-byte load); a thread holds whole rows, so an entry's rank within its
+# group is counted against the other entries in registers (m compares of order keys each: no
+# sort, no shared memory, no per-group buffers), and the n best are kept.
+
+ROWS_PER_PROGRAM = 512
+NM_MAX_M = 32  # m compares per entry: beyond this the generic per-row selection is cheaper
+
+
+@triton.jit
+def _nm_mask_kernel(x_ptr, out_ptr, nan_ptr, groups, N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                    PER_ROW: tl.constexpr, MAGNITUDE: tl.constexpr, KEY: tl.constexpr,
+                    KEY_BITS: tl.constexpr, ROWS: tl.constexpr):
+    WIDTH: tl.constexpr = PER_ROW * MP  # MP = m rounded up to a power of two; lanes >= m pad a group
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    lane = tl.arange(0, WIDTH)
+    group = row[:, None] * PER_ROW + lane[None, :] // MP
+    entry = lane[None, :] % MP
+    if M == MP:  # the same offsets and bounds, spelled so the compiler sees whole rows (16-byte loads)
+        offsets = row[:, None] * WIDTH + lane[None, :]
+        inside = (row < groups // PER_ROW)[:, None] & (lane < WIDTH)[None, :]  # the launcher: PER_ROW divides groups
+    else:
+        offsets = group * M + entry
+        inside = (group < groups) & (entry < M)
+    x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+    key = _order_key(x, MAGNITUDE, True, KEY, KEY_BITS)
+    # rank: the entries of the same group ranked before this one (a better key, or the same key
+    # at a lower index); lane j's key is taken out of each row by a select the compiler resolves
+    # per register.
+    rank = tl.zeros([ROWS, WIDTH], dtype=tl.int32)
+    for j in tl.static_range(WIDTH):
+        if j % MP < M:
+            other = tl.sum(tl.where(lane[None, :] == j, key, 0), 1)[:, None]
+            same_group = (lane[None, :] // MP) == j // MP
+            before = (other > key) | ((other == key) & (j < lane[None, :]))
+            rank += (same_group & before).to(tl.int32)
+    tl.store(out_ptr + offsets, rank < N, mask=inside)
+    # The first group holding a NaN, for the caller to raise on: an atomic only for a row with one.
+    first_nan = tl.min(tl.where(inside & (x != x), group, groups), 1)
+    tl.atomic_min(nan_ptr + tl.zeros_like(row), first_nan, mask=first_nan < groups, sem="relaxed")
+
+
+@torch.library.custom_op("lqkernels::nm_mask_triton", mutates_args=(), device_types=device_types())
+def nm_mask_triton(groups: torch.Tensor, n: int, magnitude: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, first NaN group) of groups (count, m): the n best-ranked entries of each row (ties:
+    lowest index), and the index of the first row holding a NaN (count if none), for the caller
+    to raise on."""
+    _ops.check_rows(groups, None, "nm_mask_triton")
+    count, m = groups.shape
+    if not 0 <= n <= m or not 1 <= m <= NM_MAX_M:
+        raise ValueError(f"nm_mask_triton: needs 0 <= n <= m <= {NM_MAX_M}, got n={n}, m={m}")
+    groups = groups.contiguous()
+    key_torch, key_tl, key_bits = _key_dtype(groups.dtype)
+    out = torch.empty((count, m), dtype=torch.bool, device=groups.device)
+    first_nan = torch.full((1,), count, dtype=torch.int64, device=groups.device)
+    if count > 0:
+        mp = triton.next_power_of_2(m)
+        per_row = max(1, 16 // (mp * groups.element_size()))  # a row of groups fills a 16-byte load
+        if m != mp or count % per_row:
+            per_row = 1
+        _nm_mask_kernel[(triton.cdiv(count, ROWS_PER_PROGRAM * per_row),)](
+            groups, out, first_nan, count, N=n, M=m, MP=mp, PER_ROW=per_row, MAGNITUDE=magnitude,
+            KEY=key_tl, KEY_BITS=key_bits, ROWS=ROWS_PER_PROGRAM)
+    return out, first_nan
+
+
+@nm_mask_triton.register_fake
+def _(groups, n, magnitude):
+    return groups.new_empty(groups.shape, dtype=torch.bool), groups.new_empty((1,), dtype=torch.int64)
 
 
 # ---- global selection -----------------------------------------------------------------------
