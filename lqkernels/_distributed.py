@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -145,6 +146,36 @@ def wrap(local: torch.Tensor, like: Layout, shard_dim: int | None, shape) -> tor
     return DTensor.from_local(local, like.mesh, [placement], run_check=False, shape=shape, stride=stride)
 
 
+# ---- collectives -----------------------------------------------------------------------------
+# gloo runs a collective on a worker thread of the process group, which lets go of the tensors a
+# moment after the call returns. Had that thread the last reference, it would free the tensor's
+# Python object itself; at interpreter exit, while the process group outlives
+# destroy_process_group (a DeviceMesh or an FSDP model keeps it) and such a thread is caught
+# mid-way, the process aborts ("terminate called without an active exception"; a prune step or
+# report just before exit did it in about 2 runs of 3 on a loaded machine). So the collectives
+# here return once the worker has let go of the CPU tensors they were given (microseconds; at
+# most a second), and the caller frees them. CUDA tensors are left alone: NCCL's watchdog keeps
+# its references until the GPU is done, which waiting here would turn into a synchronisation.
+LET_GO_SECONDS = 1.0
+
+
+def _let_go(tensors) -> None:
+    deadline = time.monotonic() + LET_GO_SECONDS
+    for t in tensors:
+        while t.device.type == "cpu" and t._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0)
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM, group=None) -> None:
+    dist.all_reduce(t, op=op, group=group)
+    _let_go([t])
+
+
+def all_gather(parts: list[torch.Tensor], t: torch.Tensor, group=None) -> None:
+    dist.all_gather(parts, t, group=group)
+    _let_go([t, *parts])
+
+
 # ---- agreement ------------------------------------------------------------------------------
 def agree(group, op: str, common: dict, local: dict | None = None, check: Callable[[], None] | None = None) -> list[dict]:
     """One all_gather_object of every rank's `common` arguments (short ones as they are, long ones
@@ -205,12 +236,12 @@ def merge_powsums(sums: torch.Tensor, count: torch.Tensor, scale: torch.Tensor, 
     count = Σ count_r, NaN anywhere gives NaN."""
     nan = scale.isnan()
     top = torch.where(nan, 0.0, scale)
-    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    all_reduce(top, op=dist.ReduceOp.MAX, group=group)
     q = torch.tensor(list(qs), dtype=torch.float64, device=sums.device)[:, None]
     factor = torch.where(scale == top, 1.0, (scale / top).pow(q))
     factor = torch.where(sums == 0, 0.0, factor)  # a part of zeros (or none) adds nothing, whatever its scale
     merged = torch.cat([sums * factor, count.double()[None], nan.double()[None]])
-    dist.all_reduce(merged, group=group)
+    all_reduce(merged, group=group)
     any_nan = merged[-1] > 0
     return merged[:-2], merged[-2].round().to(torch.int64), torch.where(any_nan, math.nan, top)
 
@@ -274,7 +305,7 @@ def _merged_histogram(parts, rows: int, width: int, group, device) -> torch.Tens
     for bins in parts:
         if bins.numel():
             hist += torch.bincount(bins, minlength=(rows << width) + 1)[:rows << width]
-    dist.all_reduce(hist, group=group)
+    all_reduce(hist, group=group)
     return hist.view(rows, 1 << width)
 
 
@@ -365,7 +396,7 @@ def radix_topk(pieces: list[Piece], k: torch.Tensor, magnitude: bool, largest: b
                 nan &= p.candidates
             hist[:, :-1] += torch.bincount(bins.reshape(-1), minlength=overflow + 1)[:overflow].view(rows, -1)
             hist[:, -1] += nan.sum(1)
-    dist.all_reduce(hist, group=group)
+    all_reduce(hist, group=group)
     hist, nans = hist[:, :-1], hist[:, -1]
     candidates = hist.sum(1)
     nan_rows = nans.nonzero()
@@ -395,14 +426,14 @@ def radix_topk(pieces: list[Piece], k: torch.Tensor, magnitude: bool, largest: b
             v = p.x2d[a.rows, a.cols].double()
             v = v.abs() if magnitude else v + 0.0
             value.scatter_reduce_(0, a.rows, v if largest else -v, "amax")
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+        all_reduce(value, op=dist.ReduceOp.MAX, group=group)
         threshold = torch.where(k > 0, value if largest else -value, math.inf if largest else -math.inf)
     split = _take_decided(alive, need, tied, chosen)
     if bool(split.any()):  # ties at the boundary: the lowest positions in the unsharded order first
         for i, (p, a) in enumerate(zip(pieces, alive)):
             alive[i] = _Alive(a.rows, a.cols, p.position(a.rows, a.cols))
         highest = torch.tensor([max([int(a.keys.max()) for a in alive if a.keys.numel()] + [1])], device=device)
-        dist.all_reduce(highest, op=dist.ReduceOp.MAX, group=group)
+        all_reduce(highest, op=dist.ReduceOp.MAX, group=group)
         for a in alive:
             a.keys = ~a.keys  # smaller position = larger key; the bits above the span are all ones
         need, tied = _select_alive(alive, counted, need.where(split, 0), tied.where(split, 0),
@@ -419,13 +450,13 @@ def gather_columns(x2d: torch.Tensor, mask2d: torch.Tensor | None, group):
     (for measures that need whole slices: gini's sorted order)."""
     world = dist.get_world_size(group)
     widths = [torch.zeros(1, dtype=torch.int64, device=x2d.device) for _ in range(world)]
-    dist.all_gather(widths, torch.tensor([x2d.shape[1]], device=x2d.device), group=group)
+    all_gather(widths, torch.tensor([x2d.shape[1]], device=x2d.device), group=group)
     widths = [int(w) for w in widths]
     pad = max(widths) - x2d.shape[1]
 
     def gathered(t: torch.Tensor) -> torch.Tensor:
         parts = [t.new_empty((t.shape[0], max(widths))) for _ in range(world)]
-        dist.all_gather(parts, torch.nn.functional.pad(t, (0, pad)), group=group)
+        all_gather(parts, torch.nn.functional.pad(t, (0, pad)), group=group)
         return torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
 
     x = gathered(x2d)

@@ -128,7 +128,7 @@ def _survivor_counts(targets: list[_Target]) -> list[int]:
     for group, indices in by_mesh.values():  # on the parameters' device: nccl reduces CUDA tensors only
         merged = torch.tensor([counts[i] for i in indices], dtype=torch.int64,
                               device=_local(targets[indices[0]].param).device)
-        torch.distributed.all_reduce(merged, group=group)
+        _distributed.all_reduce(merged, group=group)
         for i, c in zip(indices, merged.tolist()):
             counts[i] = c
     return counts
@@ -448,7 +448,7 @@ def _tensor_stats(weights: list[torch.Tensor], survivors: list, qs: list[float])
                                   part[1].double()[None]]) if part is not None
                        else torch.zeros(len(qs) + 1, dtype=torch.float64, device=_local(w).device))
     merged = torch.stack(columns, 1)
-    torch.distributed.all_reduce(merged, group=lay.group)
+    _distributed.all_reduce(merged, group=lay.group)
     return (merged[:-1] if qs else None), merged[-1].round().to(torch.int64)
 
 

@@ -31,6 +31,13 @@ def test_readme_example_prints_what_the_readme_shows():
         assert re.fullmatch(_line_pattern(expected), printed), f"README shows {expected!r}, example printed {printed!r}"
 
 
+def _workers_stderr(stderr: str) -> str:
+    """What the ranks printed, before torchrun's own report of the failure (which would otherwise
+    fill the message: a rank's last words, e.g. a C++ abort, come before it)."""
+    report = re.search(r"^.*(closing signal|ChildFailedError).*$", stderr, re.M)
+    return (stderr[:report.start()] if report else stderr)[-4000:] + "\n[torchrun]\n" + stderr[-1500:]
+
+
 def test_readme_sharded_example_runs_under_torchrun(tmp_path):
     """The "Pruning a sharded model" example, run as the README says (torchrun, 4 CPU processes)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -40,6 +47,6 @@ def test_readme_sharded_example_runs_under_torchrun(tmp_path):
     script.write_text(_blocks_after(readme, "### Pruning a sharded model"))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:-1], str(script)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, _workers_stderr(run.stderr)
     assert re.search(r"after one global SAP step and 3 steps of training: \d+\.\d% of the weights kept", run.stdout)
     assert "Compressibility" in run.stdout and "all weights" in run.stdout
