@@ -74,6 +74,10 @@ RULES = [
     # Radix selection ranks boundary ties across the block in index order: a block-wide scan per
     # tile (CUDA mark_tile: 3 barriers) is the algorithm, not an accident.
     (r"row_topk", {"max_barriers_per_loop": 3}),
+    # A row held on chip through a radix select: each of the 4 digit passes of a 32-bit key takes a
+    # shared-memory histogram, a scan of its 256 bins and two reductions (~11 barriers), then one
+    # scan ranks the boundary ties; ~5 programs per SM (88-96 registers) overlap them.
+    (r"row_topk_on_chip", {"max_barriers_per_program": 48}),
     # N:M groups: one thread per group of at most 32 scores, loads of one score at a time.
     (r"small_row_topk", {"streaming": False}),
     # Tensor-core tiles are compute-bound: one CTA per SM suffices, so the accumulator tile may
@@ -102,6 +106,7 @@ def _triton_cases():
     import triton.language as tl
 
     from lqkernels._triton.measures import on_chip_constexprs, on_chip_warps, powsum_geometry
+    from lqkernels._triton.selection import DIGIT_BITS_ON_CHIP
 
     def t(dtype):
         return torch.empty(0, dtype=dtype, device="meta")
@@ -164,6 +169,12 @@ def _triton_cases():
          *powsum(bf16, rows * cols, 1, 1, 3)),
         ("_row_gini_kernel[fp32]", "measures", "_row_gini_kernel",
          dict(sorted_ptr=t(f32), pruned_ptr=t(i64), out_ptr=t(f32), n=cols), dict(BLOCK=1024, ACC=tl.float64)),
+        # gpu_selection.py's per-row top-k: rows of 4096 entries, each held by one program
+        *((f"_row_topk_on_chip_kernel[{name}]", "selection", "_row_topk_on_chip_kernel",
+           topk(x, i32, tl.uint32, 32)[0],
+           dict(HAS_MASK=False, MAGNITUDE=True, LARGEST=True, KEY=tl.uint32, KEY_BITS=32, ROW=cols,
+                DIGIT_BITS=DIGIT_BITS_ON_CHIP, num_warps=on_chip_warps(cols)))
+          for name, x in (("fp32", f32), ("bf16", bf16))),
         ("_row_topk_kernel[fp32]", "selection", "_row_topk_kernel", *topk(f32, i32, tl.uint32, 32)),
         ("_row_topk_kernel[bf16]", "selection", "_row_topk_kernel", *topk(bf16, i32, tl.uint32, 32)),
         # 32-bit keys, 11-bit digits: passes at shifts 21, 10, 0; the first and the last differ

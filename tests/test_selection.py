@@ -300,6 +300,18 @@ TRITON_CASES = [((2, 40), -1, "int64", "empty_slice"), ((40, 2), 0, "int32", "ra
                 ((1, 40, 2), 1, "int", "all_true"), ((2, 1, 36), -1, "intmax", "none")]
 
 
+@pytest.fixture(params=["short-rows", "long-rows"])
+def triton_rows(request, backend, monkeypatch):
+    """Runs a test once more for Triton with every row taken as long: the blockwise kernel, which
+    only rows longer than ROW_ON_CHIP (16384) reach, gets the same checks as the on-chip one."""
+    if request.param == "long-rows":
+        if backend != "triton":
+            pytest.skip("only Triton has a second kernel for long rows")
+        from lqkernels._triton import selection as triton_selection
+        monkeypatch.setattr(triton_selection, "ROW_ON_CHIP", 0)
+    return request.param
+
+
 def random_params():
     params = []
     for backend in ROW_BACKENDS:
@@ -319,7 +331,7 @@ def random_params():
 
 
 @pytest.mark.parametrize("backend, dtype, kind, magnitude, largest", random_params())
-def test_topk_random(backend, dtype, kind, magnitude, largest, gen):
+def test_topk_random(backend, triton_rows, dtype, kind, magnitude, largest, gen):
     if interpreted(backend):
         i = FLAGS.index((magnitude, largest))
         shape, dim, k_mode, mask_mode = TRITON_CASES[i]
@@ -376,7 +388,7 @@ def test_default_backend_is_cpp_on_cpu(gen):
 # Edge cases.
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_short_rows(backend, gen):
+def test_short_rows(backend, triton_rows, gen):
     """Rows of at most 32 entries take a separate kernel path (rank by counting): every length
     1..33 on the native kernel, 4, 17, 32, 33 under the interpreter."""
     lengths = (4, 17, 32, 33) if interpreted(backend) else range(1, 34)
@@ -394,7 +406,7 @@ def test_short_rows(backend, gen):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_boundary_ties_across_blocks(backend, gen):
+def test_boundary_ties_across_blocks(backend, triton_rows, gen):
     """Rows of 2100 values in {-1, 0, 1}: the ties at the boundary span the Triton kernel's
     1024-entry blocks (and the CUDA kernel's 256-entry tiles); the first ones by index win."""
     rows = 1 if interpreted(backend) else 4
@@ -443,14 +455,14 @@ def test_empty_no_slices(backend):
 @pytest.mark.parametrize("shape, dim", [((5, 0), -1), ((0, 5), 0), ((0, 0), 1), ((3, 0, 2), 1), ((0,), 0)],
                          ids=["5x0-dim-1", "0x5-dim0", "0x0-dim1", "3x0x2-dim1", "0-dim0"])
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_empty_slices(backend, shape, dim):
+def test_empty_slices(backend, triton_rows, shape, dim):
     """Slices of length 0 (k = 0 is the only valid k): nothing selected, threshold +inf / -inf
     with one entry per slice."""
     check_empty(shape, dim, backend)
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_one_element_and_0d(backend):
+def test_one_element_and_0d(backend, triton_rows):
     small = interpreted(backend)
     for dtype in (torch.float32, torch.float64) if not small else (torch.float32,):
         one = torch.tensor([-2.5], dtype=dtype)
@@ -468,7 +480,7 @@ def test_one_element_and_0d(backend):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_non_contiguous_inputs(backend, gen):
+def test_non_contiguous_inputs(backend, triton_rows, gen):
     """Transposed, strided, expanded scores, masks and k."""
     small = interpreted(backend)
     base = draw((40, 6), torch.float32, "ties", gen)
@@ -495,7 +507,7 @@ def test_non_contiguous_inputs(backend, gen):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_signed_zeros_infinities_denormals(backend):
+def test_signed_zeros_infinities_denormals(backend, triton_rows):
     """-0 == +0 (tie, lowest index first); +-inf are ordinary candidates; float32 denormals are
     not zero."""
     tiny = torch.finfo(torch.float32).tiny / 4  # a denormal
@@ -512,7 +524,7 @@ def test_signed_zeros_infinities_denormals(backend):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_exactly_k_with_all_ties(backend):
+def test_exactly_k_with_all_ties(backend, triton_rows):
     """A row of equal values: exactly k, the first k indices, whatever the flags."""
     n = 40
     x = torch.full((2, n), -2.0)
@@ -537,7 +549,7 @@ def test_k_integer_dtypes_and_parameters(backend, gen):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
-def test_nan_outside_the_candidates_is_fine(backend, gen):
+def test_nan_outside_the_candidates_is_fine(backend, triton_rows, gen):
     x = draw((2, 40), torch.float32, "ties", gen)
     mask = torch.rand(2, 40, generator=gen) < 0.5
     x[~mask] = NAN

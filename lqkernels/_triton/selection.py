@@ -17,9 +17,13 @@ import triton.language as tl
 
 from lqkernels import _ops
 from lqkernels._triton import device_types
+from lqkernels._triton.measures import ROW_ON_CHIP, on_chip_warps
 
 BLOCK = 1024
 DIGIT_BITS = 11  # global selection: 2048-bin histograms, 3 passes for 32-bit keys
+# Rows up to ROW_ON_CHIP entries (lqkernels._triton.measures) are held in registers and selected
+# with 8-bit digits: 4 histograms of 256 bins per row for 32-bit keys, 8 for 64-bit ones.
+DIGIT_BITS_ON_CHIP = 8
 
 
 @triton.jit
@@ -90,6 +94,48 @@ def _row_topk_kernel(x_ptr, k_ptr, mask_ptr, out_ptr, kth_ptr, n, HAS_MASK: tl.c
     tl.store(kth_ptr + row, kth.to(tl.int64 if KEY_BITS == 64 else tl.int32, bitcast=True))
 
 
+@triton.jit
+def _row_topk_on_chip_kernel(x_ptr, k_ptr, mask_ptr, out_ptr, kth_ptr, n, HAS_MASK: tl.constexpr,
+                             MAGNITUDE: tl.constexpr, LARGEST: tl.constexpr, KEY: tl.constexpr,
+                             KEY_BITS: tl.constexpr, ROW: tl.constexpr, DIGIT_BITS: tl.constexpr):
+    """A row of at most ROW entries, read once: its keys stay in registers through a radix select
+    of DIGIT_BITS-bit digits (one histogram per digit), then the mask is written."""
+    BINS: tl.constexpr = 1 << DIGIT_BITS
+    row = tl.program_id(0)
+    offs = tl.arange(0, ROW)
+    inside = offs < n
+    base = row.to(tl.int64) * n
+    key = _order_key(tl.load(x_ptr + base + offs, mask=inside, other=0.0), MAGNITUDE, LARGEST, KEY, KEY_BITS)
+    cand = inside
+    if HAS_MASK:
+        cand = cand & (tl.load(mask_ptr + base + offs, mask=inside, other=0) != 0)
+    k = tl.load(k_ptr + row).to(tl.int32)
+    # Digit by digit from the top: the digit of the need-th best key among those agreeing with the
+    # digits chosen so far (prefix), and how many of them rank above it.
+    bins = tl.arange(0, BINS)
+    prefix = tl.zeros([], dtype=KEY)
+    decided = tl.zeros([], dtype=KEY)
+    need = k
+    for step in tl.static_range(KEY_BITS // DIGIT_BITS):
+        live = cand & ((key & decided) == prefix)
+        shift = KEY_BITS - (step + 1) * DIGIT_BITS  # a compile-time value (as are step and the widths)
+        hist = tl.histogram(((key >> shift) & (BINS - 1)).to(tl.int32), BINS, mask=live)
+        at_or_above = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # per digit: live keys with that digit or a higher one
+        digit = tl.max(tl.where(at_or_above >= need, bins, 0), 0)
+        need -= tl.sum(tl.where(bins > digit, hist, 0), 0)
+        prefix = prefix | (digit.to(KEY) << shift)
+        decided = decided | tl.full([], (BINS - 1) << shift, KEY)
+    # Above the k-th key, then the first `need` keys equal to it in index order.
+    tie = cand & (key == prefix)
+    keep = cand & (key > prefix)
+    if tl.sum(tie.to(tl.int32), 0) > need:  # ties beyond the boundary: rank them by index
+        keep = keep | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= need))
+    else:
+        keep = keep | tie
+    tl.store(out_ptr + base + offs, keep & (k > 0), mask=inside)
+    tl.store(kth_ptr + row, prefix.to(tl.int64 if KEY_BITS == 64 else tl.int32, bitcast=True))
+
+
 def _key_dtype(dtype):
     """(torch dtype holding the keys' bits, Triton key type, key bits) for scores of `dtype`."""
     return (torch.int64, tl.uint64, 64) if dtype == torch.float64 else (torch.int32, tl.uint32, 32)
@@ -114,7 +160,13 @@ def row_topk_mask_triton(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | 
     key_torch, key_tl, key_bits = _key_dtype(x.dtype)
     out = torch.empty((rows, n), dtype=torch.bool, device=x.device)
     kth = torch.empty(rows, dtype=key_torch, device=x.device)
-    if rows > 0:
+    if rows > 0 and n <= ROW_ON_CHIP:
+        row = triton.next_power_of_2(max(n, 1))
+        _row_topk_on_chip_kernel[(rows,)](x, k.contiguous(), mask if mask is not None else x, out, kth, n,
+                                          HAS_MASK=mask is not None, MAGNITUDE=magnitude, LARGEST=largest,
+                                          KEY=key_tl, KEY_BITS=key_bits, ROW=row, DIGIT_BITS=DIGIT_BITS_ON_CHIP,
+                                          num_warps=on_chip_warps(row))
+    elif rows > 0:
         _row_topk_kernel[(rows,)](x, k.contiguous(), mask if mask is not None else x, out, kth, n,
                                   HAS_MASK=mask is not None, MAGNITUDE=magnitude, LARGEST=largest,
                                   KEY=key_tl, KEY_BITS=key_bits,
