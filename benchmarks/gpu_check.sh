@@ -44,6 +44,10 @@ for name in gpu_measures gpu_selection gpu_sparse_linear gpu_profile; do
   timeout 100 $PY "benchmarks/$name.py" --out "$OUT/$name.md" >> "$LOG" 2>&1
   echo "$name: exit $? after $((SECONDS - start)) s" | tee -a "$LOG"
 done
+# The decode step of a Llama-3-8B-shaped block, MLP pruned to ~70% (bfloat16, eager and CUDA graph).
+start=$SECONDS
+timeout 120 $PY benchmarks/decode_block.py --device cuda > "$OUT/decode_block.md" 2>> "$LOG"
+echo "decode_block: exit $? after $((SECONDS - start)) s" | tee -a "$LOG"
 
 echo "== the rest of the suite (CPU backends under this machine's torch and triton)" | tee -a "$LOG"
 timeout "$(left 20 600)" "${PYTEST[@]}" tests -k "not cuda" > "$OUT/tests_rest.log" 2>&1

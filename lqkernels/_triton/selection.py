@@ -124,7 +124,7 @@ def _row_topk_on_chip_kernel(x_ptr, k_ptr, mask_ptr, out_ptr, kth_ptr, n, HAS_MA
         digit = tl.max(tl.where(at_or_above >= need, bins, 0), 0)
         need -= tl.sum(tl.where(bins > digit, hist, 0), 0)
         prefix = prefix | (digit.to(KEY) << shift)
-        decided = decided | tl.full([], (BINS - 1) << shift, KEY)
+        decided = decided | (tl.full([], BINS - 1, KEY) << shift)
     # Above the k-th key, then the first `need` keys equal to it in index order.
     tie = cand & (key == prefix)
     keep = cand & (key > prefix)
