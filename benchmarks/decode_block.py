@@ -256,7 +256,9 @@ def run_dtype(dense32: DecoderBlock, pruned32: DecoderBlock, s: Shapes, dtype: t
     """The blocks in `dtype` on the device: checked, then timed. Returns (output matches, table rows)."""
     dense = copy.deepcopy(dense32).to(args.device, dtype)
     pruned = copy.deepcopy(pruned32).to(args.device, dtype)
-    sparse = lqkernels.sparsify_(copy.deepcopy(pruned), lambda module, fqn: fqn.startswith("mlp."), format=args.format)
+    # batch_sizes=(1,): auto chooses each layer's format for what the block serves, decode steps
+    sparse = lqkernels.sparsify_(copy.deepcopy(pruned), lambda module, fqn: fqn.startswith("mlp."), format=args.format,
+                                 batch_sizes=(1,))
     with torch.inference_mode():
         ok = check_output(sparse, pruned, s, dtype, args.device, args.seed)
         del pruned  # before timing: the memory of the run is the two timed blocks

@@ -29,6 +29,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -204,16 +205,31 @@ def predicted_cost(format: str, density: float, batch: int, device_type: str, de
     return math.inf
 
 
-def choose_format(density: float, device_type: str, batch: int = 1, weights: int = MIN_SPARSE_WEIGHTS,
+def choose_format(density: float, device_type: str, batches: Sequence[int] = (1,), weights: int = MIN_SPARSE_WEIGHTS,
                   dense_bytes: int = 0) -> str:
     """The format "auto" stores for a layer of `weights` weights (dense_bytes as a dense W): the
-    cheapest at decode-sized batches, or "dense" where no sparse format is predicted to beat the
-    dense product."""
+    one of least predicted time relative to dense summed over `batches` (default: decode, batch
+    1), or "dense" where no sparse format is predicted to beat the dense product."""
     if weights < MIN_SPARSE_WEIGHTS:
         return "dense"
-    costs = {f: predicted_cost(f, density, batch, device_type, dense_bytes) for f in ("bitmap", "csr16")}
+    costs = {f: sum(predicted_cost(f, density, b, device_type, dense_bytes) for b in batches) / len(batches)
+             for f in ("bitmap", "csr16")}
     best = min(costs, key=costs.get)
     return best if costs[best] < SPARSE_WORTH_IT else "dense"
+
+
+def check_batch_sizes(batch_sizes, op: str) -> tuple[int, ...] | None:
+    """batch_sizes as a tuple (None stays None); TypeError / ValueError naming a bad value."""
+    if batch_sizes is None:
+        return None
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
+        raise TypeError(f"{op}: batch_sizes must be a sequence of ints, got {batch_sizes!r}")
+    sizes = tuple(batch_sizes)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_CALIBRATION_BATCH
+                        for b in sizes):
+        raise ValueError(f"{op}: batch_sizes must be ints in [1, {MAX_CALIBRATION_BATCH}], at least one, "
+                         f"got {batch_sizes!r}")
+    return sizes
 
 
 # ---- calibration: auto's choices measured on the machine that runs them ----------------------
@@ -237,6 +253,7 @@ CALIBRATION_ROUNDS = 5
 CALIBRATION_SECONDS = 0.2
 CALIBRATION_MARGIN = 0.85
 CALIBRATION_BATCHES = (1, 16)  # the batch sizes a format is chosen for when a layer is built
+MAX_CALIBRATION_BATCH = 4096  # batch_sizes beyond this would time a prefill-sized product per layer
 _calibrated: dict[tuple, object] = {}
 
 
@@ -284,20 +301,21 @@ def _calibration_key(*parts) -> tuple:
 
 
 def calibrated_format(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
-                      packs: dict[str, dict[str, torch.Tensor]] | None = None, density: float | None = None) -> str:
-    """The format auto stores for W * mask on this CPU, measured (see "calibration"): "bitmap",
-    "csr16" or "dense". `packs` (optional) receives the packed tensors of the formats it built;
-    `density` (optional) is the mask's, where the caller has it."""
+                      packs: dict[str, dict[str, torch.Tensor]] | None = None, density: float | None = None,
+                      batches: Sequence[int] = CALIBRATION_BATCHES) -> str:
+    """The format auto stores for W * mask on this CPU, measured at `batches` (see
+    "calibration"): "bitmap", "csr16" or "dense". `packs` (optional) receives the packed tensors of
+    the formats it built; `density` (optional) is the mask's, where the caller has it."""
     out_features, in_features = weight.shape
     if density is None:
         density = mask.float().mean().item() if mask.numel() else 1.0
-    key = _calibration_key("format", weight.dtype, out_features, in_features, round(density, 2))
+    key = _calibration_key("format", weight.dtype, out_features, in_features, round(density, 2), tuple(batches))
     if key not in _calibrated:
         packs = {} if packs is None else packs
         dense = (weight.detach() * mask).contiguous()
         candidates = ("bitmap",) + (("csr16",) if in_features <= 65536 else ())
         relative = dict.fromkeys(("dense",) + candidates, 0.0)
-        for batch in CALIBRATION_BATCHES:
+        for batch in batches:
             x = torch.randn(batch, in_features, dtype=weight.dtype, device=weight.device)
             calls = {"dense": lambda: F.linear(x, dense, bias)}
             for fmt in candidates:
@@ -357,7 +375,7 @@ class SparseLinear(nn.Linear):
                         weight.new_zeros(out_features) if bias else None, format, backend, calibrate)
 
     def _setup(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, format: str,
-               backend: str | None, calibrate: bool = True) -> None:
+               backend: str | None, calibrate: bool = True, batch_sizes: tuple[int, ...] | None = None) -> None:
         self.out_features, self.in_features = weight.shape
         self.backend = backend
         self.auto = format == "auto"
@@ -366,10 +384,11 @@ class SparseLinear(nn.Linear):
         stored, packs = format, {}
         if self.auto:
             density = mask.float().mean().item() if mask.numel() else 1.0
-            stored = choose_format(density, weight.device.type, weights=weight.numel(),
+            stored = choose_format(density, weight.device.type, batch_sizes or (1,), weights=weight.numel(),
                                    dense_bytes=weight.numel() * weight.element_size())
             if self._calibrating(weight.device) and weight.numel() >= MIN_SPARSE_WEIGHTS:
-                stored = calibrated_format(weight, mask, None if bias is None else bias.detach(), packs, density)
+                stored = calibrated_format(weight, mask, None if bias is None else bias.detach(), packs, density,
+                                           batch_sizes or CALIBRATION_BATCHES)
             if stored == "csr16" and weight.shape[1] > 65536:
                 stored = "bitmap"
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
@@ -390,15 +409,18 @@ class SparseLinear(nn.Linear):
     # ---- construction and conversion ----
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, *, format: str = "auto",
-                    backend: str | None = None, calibrate: bool = True) -> "SparseLinear":
+                    backend: str | None = None, calibrate: bool = True,
+                    batch_sizes: Sequence[int] | None = None) -> "SparseLinear":
         """Compresses `linear` (an nn.Linear, possibly pruned with torch.nn.utils.prune).
 
         mask: bool (out_features, in_features) on the weight's device; default: the layer's
         `weight_mask` (torch.nn.utils.prune) if it has one, else `weight != 0`. format: one of
         FORMATS or "auto". calibrate: with "auto" on the CPU, measure the choice of format (here,
         a few calls of each candidate) and of the dense product per batch range (on first use)
-        instead of following the cost model. A mask of another shape, dtype or device raises
-        ValueError / TypeError.
+        instead of following the cost model. batch_sizes: the batch sizes "auto" chooses the
+        stored format for (their times relative to dense, summed); default: 1 and 16 where
+        measured, 1 in the cost model. Pass (1,) for a layer that serves decode steps only. A mask
+        of another shape, dtype or device raises ValueError / TypeError.
         """
         op = "SparseLinear.from_linear"
         if not isinstance(linear, nn.Linear):
@@ -419,8 +441,9 @@ class SparseLinear(nn.Linear):
         nn.Module.__init__(layer)
         if not isinstance(calibrate, bool):
             raise TypeError(f"{op}: calibrate must be True or False, got {calibrate!r}")
+        batch_sizes = check_batch_sizes(batch_sizes, op)
         with user_terms(op):
-            layer._setup(weight, mask, linear.bias, format, backend, calibrate)
+            layer._setup(weight, mask, linear.bias, format, backend, calibrate, batch_sizes)
         return layer
 
     from_dense = from_linear

@@ -11,6 +11,7 @@ nothing) and attached to the model it returns as `sparsify_report` (a SparsifyRe
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from lqkernels import _distributed
 from lqkernels._checks import user_terms
-from lqkernels.nn import FORMATS, MIN_SPARSE_WEIGHTS, SparseLinear
+from lqkernels.nn import FORMATS, MIN_SPARSE_WEIGHTS, SparseLinear, check_batch_sizes
 from lqkernels.prune import format_table
 
 __all__ = ["sparsify_", "densify_", "SparsifyReport"]
@@ -84,7 +85,8 @@ def _why_left_alone(module: nn.Module, fqn: str, filter_fn) -> str | None:
 
 
 def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None, *,
-              format: str = "auto", backend: str | None = None, calibrate: bool = True) -> nn.Module:
+              format: str = "auto", backend: str | None = None, calibrate: bool = True,
+              batch_sizes: Sequence[int] | None = None) -> nn.Module:
     """Replaces, in place, each `nn.Linear` chosen by `filter_fn(module, fqn)` (torchao's
     convention; default: the pruned ones, see `_is_pruned`) with `SparseLinear.from_linear(module,
     format=format)`; the mask is prune's `weight_mask` if present, else `weight != 0`. Returns the
@@ -96,10 +98,13 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | No
     lqkernels.nn.FORMATS or "auto" (else ValueError).
     `calibrate` (format "auto", CPU): measure each layer's choices on this machine (a few calls
     per candidate, shared by layers of the same shape and density) rather than follow the cost
-    model; see lqkernels.nn, "calibration".
+    model; see lqkernels.nn, "calibration". `batch_sizes` (format "auto"): the batch sizes the
+    format is chosen for (default 1 and 16 where measured; (1,) for a model that serves decode
+    steps); see SparseLinear.from_linear. Bad values raise before any layer is swapped.
     """
     if format not in FORMATS + ("auto",):  # checked before any layer is swapped
         raise ValueError(f"sparsify_: unknown format {format!r}; choose one of {FORMATS} or 'auto'")
+    batch_sizes = check_batch_sizes(batch_sizes, "sparsify_")
     sharded = next((name for name, p in model.named_parameters() if _distributed.is_dtensor(p)), None)
     if sharded is not None:
         raise ValueError(f"sparsify_: {sharded} is a sharded DTensor; SparseLinear packs whole weights, so "
@@ -113,7 +118,8 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | No
                 report.left_alone.append({"layer": fqn or "(model)", "module": type(module).__name__, "why": why})
             continue
         with user_terms("sparsify_"):
-            layer = SparseLinear.from_linear(module, format=format, backend=backend, calibrate=calibrate)
+            layer = SparseLinear.from_linear(module, format=format, backend=backend, calibrate=calibrate,
+                                             batch_sizes=batch_sizes)
         model = _replace(model, fqn, layer)
         report.swapped.append({"layer": fqn or "(model)", "shape": f"{layer.out_features}x{layer.in_features}",
                                "kept": 1 - layer.sparsity, "format": layer.format,

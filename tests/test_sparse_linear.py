@@ -491,6 +491,45 @@ def test_calibration_chooses_the_measured_format(gen, fake_timer):
     assert SparseLinear.from_linear(dense_linear(w), other, calibrate=False).format == "bitmap"  # the model's
 
 
+def test_auto_chooses_for_the_batch_sizes_asked(gen, monkeypatch):
+    """batch_sizes: the format is measured at those batch sizes only (e.g. (1,) for decode), and
+    the cost model sums its predictions over them; sparsify_ passes them on."""
+    speeds = {1: dict(dense=1.0, bitmap=0.5, csr16=0.8), 16: dict(dense=1.0, bitmap=3.0, csr16=0.7)}
+    seen = []
+
+    def time_calls(calls, rounds=lqnn.CALIBRATION_ROUNDS):
+        batch = calls["dense"]().shape[0]  # the candidates run on a random x of the batch measured
+        seen.append(batch)
+        return {name: speeds[batch][name] for name in calls}
+
+    monkeypatch.setattr(lqnn, "_time_calls", time_calls)
+    monkeypatch.setattr(lqnn, "_calibrated", {})
+    w = torch.randn(256, 512, generator=gen)
+    mask = torch.rand(256, 512, generator=gen) < 0.3
+    assert SparseLinear.from_linear(dense_linear(w), mask).format == "csr16" and seen == [1, 16]  # 1.5 vs 3.5
+    seen.clear()
+    assert SparseLinear.from_linear(dense_linear(w), mask, batch_sizes=(1,)).format == "bitmap" and seen == [1]
+    seen.clear()
+    model = nn.Sequential(dense_linear(w))
+    model[0].weight.data *= mask
+    lqkernels.sparsify_(model, lambda module, fqn: isinstance(module, nn.Linear), batch_sizes=[16])
+    assert model[0].format == "csr16" and seen == [16]
+    # The cost model (calibrate=False): this density is bitmap's at batch 1, dense's at 512.
+    density = mask.float().mean().item()
+    by_model = {b: lqnn.choose_format(density, "cpu", (b,), weights=w.numel(), dense_bytes=w.numel() * 4)
+                for b in (1, 512)}
+    assert by_model[1] != by_model[512]
+    for b, expected in by_model.items():
+        assert SparseLinear.from_linear(dense_linear(w), mask, calibrate=False, batch_sizes=(b,)).format == expected
+    assert SparseLinear.from_linear(dense_linear(w), mask, calibrate=False).format == by_model[1]  # default: decode
+    for bad, error in (((), ValueError), ((0,), ValueError), ((2.0,), ValueError), ((True,), ValueError),
+                       ((lqnn.MAX_CALIBRATION_BATCH + 1,), ValueError), ("16", TypeError), (16, TypeError)):
+        with pytest.raises(error, match="batch_sizes"):
+            SparseLinear.from_linear(dense_linear(w), mask, batch_sizes=bad)
+        with pytest.raises(error, match="batch_sizes"):
+            lqkernels.sparsify_(nn.Sequential(dense_linear(w)), batch_sizes=bad)
+
+
 def test_calibration_per_batch_range(gen, fake_timer):
     """A calibrated layer runs whichever of its kernel and the dense product measured faster for
     the call's power-of-two batch range, measured once per range, on the call's own x."""
