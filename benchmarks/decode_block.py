@@ -57,11 +57,9 @@ ROPE_THETA = 500000.0  # Llama 3's
 INIT_STD = 0.02  # Llama's initializer_range
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # The CPU runs both dtypes (SparseLinear has float32 and bfloat16 kernels); float32 by measurement
-# (benchmarks/RESULTS.md, "Decode step of a Llama-style block"): with format "auto" the sparse
-# block is fastest, and gains most over dense, in float32, with AVX-512 and AVX2 alike. In
-# bfloat16 the dense product at batch 1 is no faster than in float32 there, and with AVX-512 auto
-# stores "dense" (its choice weighs batch 16 too, where oneDNN's bfloat16 product beats the sparse
-# kernels), so the block gains nothing. CUDA: bfloat16, as models are served there.
+# (benchmarks/RESULTS.md, "Decode step of a Llama-style block"): it gains 1.3-1.4x over the dense
+# block with AVX-512 and AVX2 alike, where bfloat16 gains 1.6x with AVX-512 but 1.0-1.1x with AVX2.
+# CUDA: bfloat16, as models are served there.
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
