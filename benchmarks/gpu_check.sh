@@ -4,6 +4,7 @@
 # (build, info, summaries), tests_gpu.log / tests_rest.log (failures in full) and one
 # gpu_<family>.md table per benchmark, each written row by row (the device tool returns at most 8
 # files). Budget: GPU_CHECK_BUDGET seconds in all (default 420); every step is cut to what is left.
+# The claims are read from the returned tables where they land: python benchmarks/gpu_claims.py DIR.
 #   bash benchmarks/gpu_check.sh          (on the device machine, from the repository root)
 set -uo pipefail
 OUT=${OUT:-out/gpu}
