@@ -288,7 +288,9 @@ def test_lq_powsum_exponent_lists(device_backend, triton_rows, gen):
     device, backend = device_backend
     x = random_input(gen, (3, 50), torch.float32, device)
     ref = Reference(x, 1)
-    for qs in ([1.0], [2.0], [0.5], [1.7], [0.5, 1.0, 2.0], [0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0]):
+    # [0.2, ..., 1.0] and [0.1, 0.2, 0.3, ...]: multiples of the smallest (Triton: powers of r^q_min)
+    for qs in ([1.0], [2.0], [0.5], [1.7], [0.5, 1.0, 2.0], [0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0],
+               [0.8, 0.6, 0.4, 0.2, 1.0], [0.35, 0.7, 2.8, 0.7000001]):
         sums, count = ops.lq_powsum(x, qs, dim=1, backend=backend)
         assert_matches(f"lq_powsum(qs={qs})", sums, ref.powsums(qs), "sum", x.dtype)
         assert_matches("count", count, ref.d, "count", x.dtype)

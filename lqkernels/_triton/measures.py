@@ -6,8 +6,8 @@ Power sums take one of two kernels:
   row in registers, read once with 16-byte loads; it takes the row max, scales by its reciprocal
   and sums each exponent's terms, each exponent's formula chosen at compile time (q=1: |x|, q=2: a
   multiply, q=0.5: one sqrt, other q: one fast log2 per element shared by all of them and one exp2
-  per exponent). No loop, no running rescale; counts and NaN flags cost nothing without a mask
-  (a NaN makes every sum NaN by itself).
+  per exponent, or a few multiplies for a multiple 2..8 of the smallest). No loop, no running
+  rescale; counts and NaN flags cost nothing without a mask (a NaN makes every sum NaN by itself).
 - longer rows and dim=None: each row is split into parts that one program reduces in BLOCK-wide
   chunks, keeping sums relative to its running maximum; merge_parts combines the parts.
 """
@@ -43,6 +43,22 @@ def exponent_kinds(qs) -> int:
     return sum(exponent_kind(q) << (2 * i) for i, q in enumerate(qs))
 
 
+def exponent_steps(qs) -> tuple[int, int]:
+    """(index of the smallest general exponent q_b, 4 bits per exponent: k where the exponent is
+    k·q_b with k in 2..8, else 0). Such exponents are powers of r^q_b (0.2, 0.4, ..., 0.8: one exp2
+    and multiplies instead of four exp2)."""
+    general = [i for i, q in enumerate(qs) if exponent_kind(q) == KIND_GENERAL]
+    if not general:
+        return 0, 0
+    base = min(general, key=lambda i: qs[i])
+    steps = 0
+    for i in general:
+        k = round(qs[i] / qs[base])
+        if 2 <= k <= 8 and abs(qs[i] - k * qs[base]) <= 1e-12 * qs[i]:
+            steps |= k << (4 * i)
+    return base, steps
+
+
 def on_chip_warps(row: int) -> int:
     """Warps of an on-chip program for a row padded to `row` entries: 1024 entries per warp (32
     per thread), 1 to 16 warps."""
@@ -59,8 +75,9 @@ def exponents_on(qs: tuple[float, ...], dtype: torch.dtype, device: torch.device
 @triton.jit
 def _row_powsum_on_chip_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, count_ptr, n, out_stride,
                                HAS_MASK: tl.constexpr, NQ: tl.constexpr, KINDS: tl.constexpr,
-                               GENERAL: tl.constexpr, ROW: tl.constexpr, ACC: tl.constexpr,
-                               TINY: tl.constexpr, BOOST: tl.constexpr, FAST: tl.constexpr):
+                               GENERAL: tl.constexpr, STEPS: tl.constexpr, BASE: tl.constexpr,
+                               ROW: tl.constexpr, ACC: tl.constexpr, TINY: tl.constexpr, BOOST: tl.constexpr,
+                               FAST: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, ROW)
     inside = offs < n
@@ -83,6 +100,8 @@ def _row_powsum_on_chip_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, cou
             log2r = libdevice.fast_log2f(r)  # lg2.approx: one MUFU op; log2(0) = -inf, 2^-inf = 0
         else:
             log2r = tl.log2(r)
+    if STEPS != 0:  # exponents k·q_BASE (k = 2..8) as powers of t = r^q_BASE: multiplies, not exp2
+        t = tl.exp2(tl.load(qs_ptr + BASE) * log2r)
     probe = tl.zeros([], dtype=ACC)
     for i in tl.static_range(NQ):
         # the exponent's kind, decided at compile time (a local name would be a runtime value)
@@ -92,6 +111,11 @@ def _row_powsum_on_chip_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, cou
             total = tl.sum(r * r, 0)
         elif ((KINDS >> (2 * i)) & 3) == 3:
             total = tl.sum(tl.sqrt(r), 0)
+        elif ((STEPS >> (4 * i)) & 15) >= 2:
+            power = t
+            for _ in tl.static_range(((STEPS >> (4 * i)) & 15) - 1):
+                power = power * t
+            total = tl.sum(power, 0)
         else:
             total = tl.sum(tl.exp2(tl.load(qs_ptr + i) * log2r), 0)
         tl.store(sums_ptr + i * out_stride + row, total)
@@ -221,8 +245,10 @@ def on_chip_constexprs(qs, acc: torch.dtype, n: int, has_mask: bool, fast: bool)
     """The compile-time arguments of _row_powsum_on_chip_kernel (shared with the static check)."""
     f64 = acc == torch.float64
     tiny_exponent = 1000 if f64 else 120  # below 2^-tiny, 1 / scale overflows (or nearly)
+    base, steps = exponent_steps(qs)
     return dict(HAS_MASK=has_mask, NQ=len(qs), KINDS=exponent_kinds(qs),
-                GENERAL=any(exponent_kind(q) == KIND_GENERAL for q in qs), ROW=triton.next_power_of_2(max(n, 1)),
+                GENERAL=any(exponent_kind(q) == KIND_GENERAL for q in qs), STEPS=steps, BASE=base,
+                ROW=triton.next_power_of_2(max(n, 1)),
                 ACC=tl.float64 if f64 else tl.float32, TINY=2.0 ** -tiny_exponent, BOOST=2.0 ** tiny_exponent,
                 FAST=fast and not f64)
 
