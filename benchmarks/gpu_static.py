@@ -125,7 +125,8 @@ def _triton_cases():
         splits, span = powsum_geometry(slices, n, 2 * H200_SMS)
         return dict(x_ptr=t(x), mask_ptr=t(x), qs_ptr=t(f32), sums_ptr=t(f32), scale_ptr=t(f32), count_ptr=t(i64),
                     n=n, span=span, splits=splits, out_stride=slices * splits), \
-            dict(HAS_MASK=False, NQ=nq, QPAD=1 << (nq - 1).bit_length(), KIND=kind, BLOCK=1024, ACC=tl.float32)
+            dict(HAS_MASK=False, NQ=nq, QPAD=1 << (nq - 1).bit_length(), KIND=kind, BLOCK=1024, ACC=tl.float32,
+                 FAST=True)
 
     def topk(x, key, key_tl, key_bits):
         return dict(x_ptr=t(x), k_ptr=t(i64), mask_ptr=t(x), out_ptr=t(u8), kth_ptr=t(key), n=cols), \
@@ -167,6 +168,10 @@ def _triton_cases():
         # dim=None: the whole tensor as one row, split over 2 programs per SM
         ("_row_powsum_kernel[bf16 q=0.5 one row]", "measures", "_row_powsum_kernel",
          *powsum(bf16, rows * cols, 1, 1, 3)),
+        ("_row_powsum_kernel[fp32 q=2 one row]", "measures", "_row_powsum_kernel", *powsum(f32, rows * cols, 1, 1, 2)),
+        ("_row_powsum_kernel[bf16 q=0.3 one row]", "measures", "_row_powsum_kernel",
+         *powsum(bf16, rows * cols, 1, 1, 0)),
+        ("_row_powsum_kernel[bf16 pq one row]", "measures", "_row_powsum_kernel", *powsum(bf16, rows * cols, 1, 2, 0)),
         ("_row_gini_kernel[fp32]", "measures", "_row_gini_kernel",
          dict(sorted_ptr=t(f32), pruned_ptr=t(i64), out_ptr=t(f32), n=cols), dict(BLOCK=1024, ACC=tl.float64)),
         # gpu_selection.py's per-row top-k: rows of 4096 entries, each held by one program

@@ -391,9 +391,17 @@ def test_one_element(device_backend, triton_rows, dtype, gen):
     skip_unsupported(backend, dtype)
     x = torch.tensor([[-2.5], [0.0], [4.0]], dtype=dtype, device=device)
     results = check_all(x, 1, backend=backend)
-    assert results["lq_norm(q=0.5)"].tolist() == [2.5, 0.0, 4.0]
-    assert results["pq_index(p=0.5, q=1.0)"].tolist() == [0.0, 0.0, 0.0]
-    assert results["sparsity_index(q=0.5)"].tolist() == [1.0, 0.0, 1.0]
+    # Exact, but in Triton's long-row kernel (rows of more than 16384 entries only; forced here):
+    # its sums are relative to a power of two and converted once, within the dtype's rounding.
+    exact = triton_rows == "short-rows"
+    expected = {"lq_norm(q=0.5)": [2.5, 0.0, 4.0], "pq_index(p=0.5, q=1.0)": [0.0, 0.0, 0.0],
+                "sparsity_index(q=0.5)": [1.0, 0.0, 1.0]}
+    for label, values in expected.items():
+        if exact:
+            assert results[label].tolist() == values, label
+        else:
+            torch.testing.assert_close(results[label].cpu().double(), torch.tensor(values, dtype=torch.float64),
+                                       rtol=tolerance(dtype, "index")[0], atol=tolerance(dtype, "index")[1])
     assert results["hoyer"].tolist() == [0.0, 0.0, 0.0]
     assert results["gini"].tolist() == [0.0, 0.0, 0.0]
     check_all(x[0], None, backend=backend)

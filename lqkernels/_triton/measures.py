@@ -9,7 +9,8 @@ Power sums take one of two kernels:
   per exponent, or a few multiplies for a multiple 2..8 of the smallest). No loop, no running
   rescale; counts and NaN flags cost nothing without a mask (a NaN makes every sum NaN by itself).
 - longer rows and dim=None: each row is split into parts that one program reduces in BLOCK-wide
-  chunks, keeping sums relative to its running maximum; merge_parts combines the parts.
+  chunks, each lane keeping sums relative to a power of two below its running maximum (no block
+  reduction in the loop); merge_parts combines the parts.
 """
 from __future__ import annotations
 
@@ -131,58 +132,99 @@ def _row_powsum_on_chip_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, cou
 
 
 @triton.jit
-def _rescale_factor(old, new, q):
-    # (old / new)^q: 1 when equal (inf included), 0 when both are zero.
-    ratio = tl.where(new > 0, old / tl.where(new > 0, new, 1.0), 0.0)
-    return tl.where(old == new, 1.0, tl.exp2(q * tl.log2(ratio)))
+def _exponent(a, ACC: tl.constexpr):
+    """floor(log2(a)) of finite a >= 0 from its exponent bits, at least the smallest normal's (a
+    subnormal or zero counts as 2^-126 / 2^-1022): exact, no MUFU."""
+    if ACC == tl.float64:
+        return tl.maximum(((a.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32) - 1023, -1022)
+    return tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -126)
+
+
+@triton.jit
+def _power_of_two(e, ACC: tl.constexpr):
+    """2^e, exactly, for an integer e in the normal range."""
+    if ACC == tl.float64:
+        return ((e + 1023).to(tl.int64) << 52).to(tl.float64, bitcast=True)
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _row_powsum_kernel(x_ptr, mask_ptr, qs_ptr, sums_ptr, scale_ptr, count_ptr, n, span, splits,
                        out_stride, HAS_MASK: tl.constexpr, NQ: tl.constexpr, QPAD: tl.constexpr,
-                       KIND: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                       KIND: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr):
+    """One part of one row, in BLOCK-wide chunks, without a block reduction until the end: each
+    lane keeps its sums relative to a power of two 2^E at or below its running maximum (the
+    entry scaled by 2^-E exactly; on a new maximum the sums shrink by 2^(q·ΔE)), its maximum, and
+    its counts of infinities and NaNs. The lanes merge once, relative to the part's maximum
+    (within rounding: unlike the on-chip kernel, a lone entry's norm is not bit-exact)."""
     row = tl.program_id(0)
     part = tl.program_id(1)
     begin = part * span
     end = tl.minimum(begin + span, n)
     qidx = tl.arange(0, QPAD)
     qv = tl.load(qs_ptr + qidx, mask=qidx < NQ, other=1.0).to(ACC)
-    sums = tl.zeros([QPAD], dtype=ACC)
-    scale = tl.zeros([], dtype=ACC)
-    count = tl.zeros([], dtype=tl.int64)
-    nans = tl.zeros([], dtype=tl.int32)
+    sums = tl.zeros([QPAD, BLOCK], dtype=ACC)  # several exponents: one row each
+    acc = tl.zeros([BLOCK], dtype=ACC)  # a lone exponent: a plain vector (no 2-D layout to convert)
+    q0 = tl.load(qs_ptr).to(ACC)
+    lane_exp = tl.full([BLOCK], -1022 if ACC == tl.float64 else -126, tl.int32)
+    lane_max = tl.zeros([BLOCK], dtype=ACC)
+    infs = tl.zeros([BLOCK], dtype=tl.int32)
+    nans = tl.zeros([BLOCK], dtype=tl.int32)
+    count = tl.zeros([BLOCK], dtype=tl.int32)
     offs = tl.arange(0, BLOCK)
     row_start = row.to(tl.int64) * n
     for start in range(begin, end, BLOCK):
         idx = start + offs
         inside = idx < end
-        keep = inside
+        a = tl.abs(tl.load(x_ptr + row_start + idx, mask=inside, other=0.0).to(ACC))
         if HAS_MASK:
-            keep = keep & (tl.load(mask_ptr + row_start + idx, mask=inside, other=0) != 0)
-        a = tl.abs(tl.load(x_ptr + row_start + idx, mask=keep, other=0.0).to(ACC))
-        count += tl.sum(keep.to(tl.int64))
-        nans += tl.sum((a != a).to(tl.int32))
-        new_scale = tl.maximum(scale, tl.max(tl.where(a == a, a, 0.0), 0))
-        sums = sums * _rescale_factor(scale, new_scale, qv)
-        scale = new_scale
-        safe = tl.where(scale > 0, scale, 1.0)
-        r = tl.where(scale == float("inf"), tl.where(a == float("inf"), 1.0, 0.0), a / safe)
-        r = tl.where(scale > 0, r, 0.0)
+            keep = inside & (tl.load(mask_ptr + row_start + idx, mask=inside, other=0) != 0)
+            a = tl.where(keep, a, 0.0)
+            count += keep.to(tl.int32)
+        finite = a < float("inf")  # False for inf and NaN
+        infs += (a == float("inf")).to(tl.int32)
+        nans += (a != a).to(tl.int32)
+        a = tl.where(finite, a, 0.0)
+        lane_max = tl.maximum(lane_max, a)
+        new_exp = tl.maximum(lane_exp, _exponent(a, ACC))
+        r = a * _power_of_two(-new_exp, ACC)  # in [0, 2): exact
+        shrink = (lane_exp - new_exp).to(ACC)  # <= 0; 0 unless this lane's maximum grew
         if KIND == 1:
-            sums += tl.sum(r, 0)
+            acc = acc * tl.exp2(shrink) + r
         elif KIND == 2:
-            sums += tl.sum(r * r, 0)
+            acc = acc * tl.exp2(2.0 * shrink) + r * r
         elif KIND == 3:
-            sums += tl.sum(tl.sqrt(r), 0)
+            acc = acc * tl.exp2(0.5 * shrink) + tl.sqrt(r)
         else:
-            log2r = tl.log2(r)
-            terms = tl.where(r[None, :] > 0, tl.exp2(qv[:, None] * log2r[None, :]), 0.0)
-            sums += tl.sum(terms, 1)
+            if FAST:
+                log2r = libdevice.fast_log2f(r)  # log2(0) = -inf: a zero adds 0
+            else:
+                log2r = tl.log2(r)
+            if NQ == 1:
+                acc = acc * tl.exp2(q0 * shrink) + tl.exp2(q0 * log2r)
+            else:
+                sums = sums * tl.exp2(qv[:, None] * shrink[None, :]) + tl.exp2(qv[:, None] * log2r[None, :])
+        lane_exp = new_exp
+    # Merge the lanes relative to the part's maximum: Σ_lanes sums · (2^E_lane / scale)^q.
+    scale = tl.max(lane_max, 0)
+    safe = tl.where(scale > 0, scale, 1.0)
+    if NQ == 1:
+        total = tl.sum(acc * tl.exp2(q0 * (lane_exp.to(ACC) - tl.log2(safe))), 0) + tl.zeros([QPAD], dtype=ACC)
+    else:
+        total = tl.sum(sums * tl.exp2(qv[:, None] * (lane_exp.to(ACC)[None, :] - tl.log2(safe))), 1)
+    total = tl.where(scale > 0, total, 0.0)
+    inf_total = tl.sum(infs, 0)
+    nan = tl.sum(nans, 0) > 0
+    # With an infinity the slice is its limit: infinities count 1 each, finite entries 0.
+    total = tl.where(inf_total > 0, inf_total.to(ACC), total)
+    scale = tl.where(inf_total > 0, float("inf"), scale)
     out = row * splits + part
-    nan = nans > 0
-    tl.store(sums_ptr + qidx * out_stride + out, tl.where(nan, float("nan"), sums), mask=qidx < NQ)
+    tl.store(sums_ptr + qidx * out_stride + out, tl.where(nan, float("nan"), total), mask=qidx < NQ)
     tl.store(scale_ptr + out, tl.where(nan, float("nan"), scale))
-    tl.store(count_ptr + out, count)
+    if HAS_MASK:
+        tl.store(count_ptr + out, tl.sum(count, 0).to(tl.int64))
+    else:
+        tl.store(count_ptr + out, tl.maximum(end - begin, 0).to(tl.int64))
 
 
 def merge_parts(part_sums, part_count, part_scale, qs):
@@ -229,7 +271,8 @@ def row_powsum_triton(x: torch.Tensor, mask: torch.Tensor | None,
             rows * splits, HAS_MASK=mask is not None, NQ=len(qs),
             QPAD=triton.next_power_of_2(max(len(qs), 1)),
             KIND=exponent_kind(qs[0]) if len(qs) == 1 else KIND_GENERAL, BLOCK=BLOCK,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32)
+            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            FAST=acc != torch.float64 and not interpreted())
     if splits == 1:
         return sums, count, scale
     return merge_parts(sums.view(len(qs), rows, splits), count.view(rows, splits),
