@@ -31,6 +31,9 @@ def test_readme_example_prints_what_the_readme_shows():
         assert re.fullmatch(_line_pattern(expected), printed), f"README shows {expected!r}, example printed {printed!r}"
 
 
+_EXIT_ABORT = "terminate called without an active exception"
+
+
 def _workers_stderr(stderr: str) -> str:
     """What the ranks printed, before torchrun's own report of the failure (which would otherwise
     fill the message: a rank's last words, e.g. a C++ abort, come before it)."""
@@ -45,8 +48,16 @@ def test_readme_sharded_example_runs_under_torchrun(tmp_path):
     command = re.search(r"run `(torchrun [^`]*)`", section).group(1).split()
     script = tmp_path / command[-1]
     script.write_text(_blocks_after(readme, "### Pruning a sharded model"))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:-1], str(script)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for attempt in range(2):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", *command[1:-1], str(script)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        finished = (re.search(r"after one global SAP step and 3 steps of training: \d+\.\d% of the weights kept",
+                              run.stdout) and "Compressibility" in run.stdout and "all weights" in run.stdout)
+        # One more run only for gloo's abort at interpreter exit, after every rank has finished and
+        # rank 0 has printed everything (a worker thread of the process group freeing a Python
+        # object after the interpreter began to shut down: lqkernels waits for its own collectives'
+        # tensors and gives the workers 50 ms at exit, which makes it rare, not impossible).
+        if run.returncode == 0 or not (finished and _EXIT_ABORT in run.stderr) or attempt:
+            break
     assert run.returncode == 0, _workers_stderr(run.stderr)
-    assert re.search(r"after one global SAP step and 3 steps of training: \d+\.\d% of the weights kept", run.stdout)
-    assert "Compressibility" in run.stdout and "all weights" in run.stdout
+    assert finished, run.stdout
