@@ -375,9 +375,10 @@ def fsdp_iterative(seed: int) -> list[float]:
     return remaining
 
 
-def held_after_collectives(iterations: int) -> tuple[int, int]:
+def held_after_collectives(iterations: int) -> tuple[int, int, bool]:
     """How often a temporary is still held by the process group's worker thread when the
-    collective returns: (through lqkernels' all_reduce, through dist.all_reduce)."""
+    collective returns: (through lqkernels' all_reduce, through dist.all_reduce), and whether the
+    exit-time wait for the workers is registered."""
     from lqkernels import _distributed
     held = [0, 0]
     for _ in range(iterations):
@@ -385,4 +386,4 @@ def held_after_collectives(iterations: int) -> tuple[int, int]:
             t = torch.tensor([1, 2, 3])
             reduce(t)
             held[i] += t._use_count() > 1
-    return tuple(held)
+    return held[0], held[1], _distributed._settle_at_exit_registered
