@@ -38,6 +38,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("cpu_backend", names)
 
 
+@pytest.fixture(params=["short-rows", "long-rows"])
+def triton_rows(request, monkeypatch):
+    """Runs a test once more for Triton with every row taken as long: the power sums' chunked
+    kernel and the top-k's blockwise one, which only rows longer than ROW_ON_CHIP (16384) reach,
+    get the same checks as the on-chip kernels. The test's backend: its `backend` parameter, or the
+    second of `device_backend`."""
+    if request.param == "long-rows":
+        params = request.node.callspec.params
+        if params.get("backend", params.get("device_backend", (None, None))[1]) != "triton":
+            pytest.skip("only Triton has a second kernel for long rows")
+        from lqkernels._triton import measures as triton_measures
+        monkeypatch.setattr(triton_measures, "ROW_ON_CHIP", 0)
+    return request.param
+
+
 def seed_of(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 

@@ -214,18 +214,6 @@ def check_all(x, dim=None, keepdim=False, mask=None, backend=None, **kw) -> dict
     return results
 
 
-@pytest.fixture(params=["short-rows", "long-rows"])
-def triton_rows(request, device_backend, monkeypatch):
-    """Runs a test once more for Triton with every row taken as long: the chunked kernel, which
-    only rows longer than ROW_ON_CHIP (16384) reach, gets the same checks as the on-chip one."""
-    if request.param == "long-rows":
-        if device_backend[1] != "triton":
-            pytest.skip("only Triton has a second kernel for long rows")
-        from lqkernels._triton import measures as triton_measures
-        monkeypatch.setattr(triton_measures, "ROW_ON_CHIP", 0)
-    return request.param
-
-
 def random_input(gen, shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Heavy-tailed values (a normal scaled by a log-normal) with ~20% exact zeros, in dtype."""
     x = torch.randn(shape, generator=gen, dtype=torch.float64)

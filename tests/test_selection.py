@@ -300,18 +300,6 @@ TRITON_CASES = [((2, 40), -1, "int64", "empty_slice"), ((40, 2), 0, "int32", "ra
                 ((1, 40, 2), 1, "int", "all_true"), ((2, 1, 36), -1, "intmax", "none")]
 
 
-@pytest.fixture(params=["short-rows", "long-rows"])
-def triton_rows(request, backend, monkeypatch):
-    """Runs a test once more for Triton with every row taken as long: the blockwise kernel, which
-    only rows longer than ROW_ON_CHIP (16384) reach, gets the same checks as the on-chip one."""
-    if request.param == "long-rows":
-        if backend != "triton":
-            pytest.skip("only Triton has a second kernel for long rows")
-        from lqkernels._triton import selection as triton_selection
-        monkeypatch.setattr(triton_selection, "ROW_ON_CHIP", 0)
-    return request.param
-
-
 def random_params():
     params = []
     for backend in ROW_BACKENDS:

@@ -17,11 +17,11 @@ import triton.language as tl
 
 from lqkernels import _ops
 from lqkernels._triton import device_types
-from lqkernels._triton.measures import ROW_ON_CHIP, on_chip_warps
+from lqkernels._triton import measures
 
 BLOCK = 1024
 DIGIT_BITS = 11  # global selection: 2048-bin histograms, 3 passes for 32-bit keys
-# Rows up to ROW_ON_CHIP entries (lqkernels._triton.measures) are held in registers and selected
+# Rows up to measures.ROW_ON_CHIP entries (the power sums' limit) are held in registers and selected
 # with 8-bit digits: 4 histograms of 256 bins per row for 32-bit keys, 8 for 64-bit ones.
 DIGIT_BITS_ON_CHIP = 8
 
@@ -160,12 +160,12 @@ def row_topk_mask_triton(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | 
     key_torch, key_tl, key_bits = _key_dtype(x.dtype)
     out = torch.empty((rows, n), dtype=torch.bool, device=x.device)
     kth = torch.empty(rows, dtype=key_torch, device=x.device)
-    if rows > 0 and n <= ROW_ON_CHIP:
+    if rows > 0 and n <= measures.ROW_ON_CHIP:
         row = triton.next_power_of_2(max(n, 1))
         _row_topk_on_chip_kernel[(rows,)](x, k.contiguous(), mask if mask is not None else x, out, kth, n,
                                           HAS_MASK=mask is not None, MAGNITUDE=magnitude, LARGEST=largest,
                                           KEY=key_tl, KEY_BITS=key_bits, ROW=row, DIGIT_BITS=DIGIT_BITS_ON_CHIP,
-                                          num_warps=on_chip_warps(row))
+                                          num_warps=measures.on_chip_warps(row))
     elif rows > 0:
         _row_topk_kernel[(rows,)](x, k.contiguous(), mask if mask is not None else x, out, kth, n,
                                   HAS_MASK=mask is not None, MAGNITUDE=magnitude, LARGEST=largest,
