@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 #include "measures_common.h"
 
 namespace lqk::CPU_CAPABILITY {
@@ -220,6 +221,7 @@ bool accumulate_direct(const scalar_t* __restrict x, const bool* __restrict mask
   // The mask block is copied to a local array first: a bool pointer may alias the lane arrays,
   // and the compiler would otherwise fall back to scalar code.
   auto lanes = [&](int64_t i0, int width) {
+    prefetch(x + i0);
     uint8_t keep[kLanes];
     if constexpr (kMasked) std::memcpy(keep, mask + i0, width);
 #pragma omp simd

@@ -75,6 +75,14 @@ inline __m256i lane_row(const std::array<LaneRow, 256>& table, unsigned b) {  //
 }
 #endif
 
+// Asks for the memory kPrefetchBytes past p. The hardware prefetcher alone does not hide the
+// latency of the streams the kernels walk once per call: the sparse kernels' values and indices
+// (asking 2 KB ahead halved their time at 50% density with AVX-512; 4 KB took batch 1 from 1.25x
+// to 1.37x dense at 50%, from 3.7x to 4.0x at 90%, when run between dense calls) and the
+// measures' rows (q = 2 over a 4096 x 4096 float32 W: 1.33 -> 1.24 ms, torch's L2 norm 1.30 ms).
+constexpr int kPrefetchBytes = 4096;
+inline void prefetch(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes, 0, 3); }
+
 // ---- 32-bit keys: compaction of the lanes that pass a test (the selection kernels) ------------
 
 #if defined(LQK_LANES_AVX512)

@@ -89,36 +89,40 @@ inline bool strictly_ascending(const uint16_t* c, int64_t n) {
   return true;
 }
 
-// Checks rows [r0, r1) of a bitmap or csr16 index against their row offsets, as the kernel tasks
-// that read those rows do before reading them (in their own parallel region: this runs on every
-// call, and a separate pass cost one more wake-up of the threads and 15-25% of a high-sparsity
-// call). Bitmap: one bit per value, none past in_features (the kernels would read past `values`
-// or x). csr16: columns in range and strictly ascending (the format's invariant, which every
-// backend and the dense conversion assume).
+// Checks row r of a bitmap or csr16 index against its row offsets, as the kernel tasks that read
+// the row do before reading it (in their own parallel region: this runs on every call, and a
+// separate pass cost one more wake-up of the threads and 15-25% of a high-sparsity call). Bitmap:
+// one bit per value, none past in_features (the kernels would read past `values` or x). csr16:
+// columns in range and strictly ascending (the format's invariant, which every backend and the
+// dense conversion assume).
 template <Format fmt>
-void check_index_rows(const char* op, const int64_t* offs, const void* index, int64_t in, int64_t r0, int64_t r1) {
+void check_index_row(const char* op, const int64_t* offs, const void* index, int64_t in, int64_t r) {
   if constexpr (fmt == Format::kBitmap) {
     const int64_t nwords = (in + 31) / 32;
-    const uint32_t* words = static_cast<const uint32_t*>(index);
+    const uint32_t* words = static_cast<const uint32_t*>(index) + r * nwords;
     const uint32_t tail = in % 32 ? ~((1u << (in % 32)) - 1) : 0u;
-    for (int64_t r = r0; r < r1; ++r) {
-      int64_t bits = 0;
-      for (int64_t w = 0; w < nwords; ++w) bits += std::popcount(words[r * nwords + w]);
-      TORCH_CHECK(bits == offs[r + 1] - offs[r], op, ": row ", r, " of the bitmap marks ", bits,
-                  " columns but its row offsets hold ", offs[r + 1] - offs[r], " values");
-      TORCH_CHECK(!tail || !(words[r * nwords + nwords - 1] & tail), op, ": row ", r,
-                  " of the bitmap marks columns past in_features ", in);
-    }
+    int64_t bits = 0;
+    for (int64_t w = 0; w < nwords; ++w) bits += std::popcount(words[w]);
+    TORCH_CHECK(bits == offs[r + 1] - offs[r], op, ": row ", r, " of the bitmap marks ", bits,
+                " columns but its row offsets hold ", offs[r + 1] - offs[r], " values");
+    TORCH_CHECK(!tail || !(words[nwords - 1] & tail), op, ": row ", r,
+                " of the bitmap marks columns past in_features ", in);
   } else {
     const uint16_t* cols = static_cast<const uint16_t*>(index);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t begin = offs[r], end = offs[r + 1];
-      TORCH_CHECK(strictly_ascending(cols + begin, end - begin), op, ": columns of row ", r,
-                  " must be distinct and ascending");
-      TORCH_CHECK(end == begin || cols[end - 1] < in, op, ": column ", cols[end - 1], " of row ", r,
-                  " is out of range for in_features ", in);
-    }
+    const int64_t begin = offs[r], end = offs[r + 1];
+    TORCH_CHECK(strictly_ascending(cols + begin, end - begin), op, ": columns of row ", r,
+                " must be distinct and ascending");
+    TORCH_CHECK(end == begin || cols[end - 1] < in, op, ": column ", cols[end - 1], " of row ", r,
+                " is out of range for in_features ", in);
   }
+}
+
+// Rows [r0, r1): for the kernels that read a range of rows at once. The value walks (batch <= 8)
+// check each row just before reading it instead, so the walk finds the index in L1: checking a
+// part's rows first left them in L2 and cost 20-30% of a batch-1 call.
+template <Format fmt>
+void check_index_rows(const char* op, const int64_t* offs, const void* index, int64_t in, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) check_index_row<fmt>(op, offs, index, in, r);
 }
 
 // The work of a row that does not depend on its density, in kept values: the bitmap walk visits
@@ -444,21 +448,17 @@ void grad_input_by_tiles(const char* op, const scalar_t* dy, int64_t m_rows, int
   });
 }
 
-// One stream per row of W defeats the hardware prefetcher's latency hiding: the value-walking
-// kernels ask 2 KB ahead (halved the time at 50% density with AVX-512).
-constexpr int kPrefetchBytes = 2048;
-inline void prefetch(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + kPrefetchBytes, 0, 3); }
-
 // Dot products of rows [r0, r1) of W with R rows of xf (float, rows padded to a multiple of 32
 // columns with zeros), the first `valid` written to y[i * out + r]. With vector lanes: a bitmap
 // word's values are expanded into the lanes of their columns, kWidth at a time, and multiply the
 // x lanes in place; csr16 gathers x at kWidth kept columns. Without: the kept values one by one.
 template <int R, typename scalar_t, Format fmt>
-void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int64_t* offsets,
-                    const void* index, const scalar_t* bias, int64_t nwords, int64_t r0, int64_t r1,
-                    int64_t out, int64_t valid, scalar_t* y) {
+void rows_by_values(const char* op, int64_t in, const float* xf, int64_t ld, const scalar_t* vals,
+                    const int64_t* offsets, const void* index, const scalar_t* bias, int64_t nwords,
+                    int64_t r0, int64_t r1, int64_t out, int64_t valid, scalar_t* y) {
   const scalar_t* vals_end = vals + offsets[out];
   for (int64_t r = r0; r < r1; ++r) {
+    check_index_row<fmt>(op, offsets, index, in, r);
     float sums[R];
 #if defined(LQK_LANES_AVX512) || defined(LQK_LANES_AVX2)
     using L = FloatLanes;
@@ -489,14 +489,21 @@ void rows_by_values(const float* xf, int64_t ld, const scalar_t* vals, const int
     } else {
       const uint16_t* cols = static_cast<const uint16_t*>(index) + offsets[r];
       const int64_t n = offsets[r + 1] - offsets[r];
-      for (int64_t k = 0; k < n; k += L::kWidth) {
+      // Two gathers in flight per step, each with its own accumulators. The sets are named by
+      // constants: one chosen at run time (k's parity) kept them on the stack, a store and a load
+      // around every FMA.
+      const auto step = [&](int set, int64_t k, int64_t lanes) __attribute__((always_inline)) {
+        const typename L::Vec w = L::load_first(v + k, lanes, vals_end);
+        for (int i = 0; i < R; ++i) acc[set][i] = L::fmadd(w, L::gather(xf + i * ld, cols + k, lanes), acc[set][i]);
+      };
+      int64_t k = 0;
+      for (; k + 2 * L::kWidth <= n; k += 2 * L::kWidth) {
         prefetch(v + k);
         prefetch(cols + k);
-        const int64_t lanes = std::min<int64_t>(L::kWidth, n - k);
-        const typename L::Vec w = L::load_first(v + k, lanes, vals_end);
-        const int set = (k / L::kWidth) & 1;  // alternate accumulators: two gathers in flight per row
-        for (int i = 0; i < R; ++i) acc[set][i] = L::fmadd(w, L::gather(xf + i * ld, cols + k, lanes), acc[set][i]);
+        step(0, k, L::kWidth);
+        step(1, k + L::kWidth, L::kWidth);
       }
+      for (; k < n; k += L::kWidth) step(0, k, std::min<int64_t>(L::kWidth, n - k));
     }
     for (int i = 0; i < R; ++i) {
       typename L::Vec total = acc[0][i];
@@ -558,20 +565,15 @@ void linear_by_values(const char* op, const scalar_t* x, int64_t m_rows, int64_t
   at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t part = lo; part < hi; ++part) {
       const int64_t r0 = bounds[part], r1 = bounds[part + 1];
-      check_index_rows<fmt>(op, offsets, index, in, r0, r1);
-      for (int64_t m = 0; m < m_rows; m += 8) {
-        const float* xm = xf.data() + m * ld;
-        scalar_t* ym = y + m * out;
-        const int64_t valid = std::min<int64_t>(8, m_rows - m);
-        // Rows are padded with zeros up to 1, 2, 4 or 8 (one compiled kernel each; one row only
-        // without vector lanes, see values_kernel_wins).
-        if (valid == 1) {
-          rows_by_values<1, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-        } else if constexpr (kHaveLanes) {
-          if (valid == 2) rows_by_values<2, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-          else if (valid <= 4) rows_by_values<4, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-          else rows_by_values<8, scalar_t, fmt>(xm, ld, vals, offsets, index, bias, nwords, r0, r1, out, valid, ym);
-        }
+      // m_rows <= 8 (values_kernel_wins), padded with zeros up to 1, 2, 4 or 8: one compiled
+      // kernel each (one row only without vector lanes).
+      const float* xp = xf.data();
+      if (m_rows == 1) {
+        rows_by_values<1, scalar_t, fmt>(op, in, xp, ld, vals, offsets, index, bias, nwords, r0, r1, out, m_rows, y);
+      } else if constexpr (kHaveLanes) {
+        if (m_rows == 2) rows_by_values<2, scalar_t, fmt>(op, in, xp, ld, vals, offsets, index, bias, nwords, r0, r1, out, m_rows, y);
+        else if (m_rows <= 4) rows_by_values<4, scalar_t, fmt>(op, in, xp, ld, vals, offsets, index, bias, nwords, r0, r1, out, m_rows, y);
+        else rows_by_values<8, scalar_t, fmt>(op, in, xp, ld, vals, offsets, index, bias, nwords, r0, r1, out, m_rows, y);
       }
     }
   });
